@@ -1,0 +1,55 @@
+"""The frame envelope that travels through the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+from livefuse.faces import Faces
+
+#: Stage names, in pipeline order, used as keys of :attr:`Frame.stamps`.
+STAGES = ("capture", "analyze", "swap", "output")
+
+
+@dataclass(slots=True)
+class Frame:
+    """One video frame and what the pipeline learned about it.
+
+    ``pts``/``time_base`` and ``capture_ns`` are stamped once, at capture, and copied
+    forward unchanged by every stage (as aiortc does for ``VideoFrame``).
+    """
+
+    index: int
+    "Position in the stream, counting from 0 (dropped frames keep their index)."
+    pts: int
+    "Presentation timestamp in ``time_base`` units."
+    time_base: Fraction
+    "Unit of ``pts`` in seconds."
+    capture_ns: int
+    "``time.monotonic_ns()`` when the frame was captured."
+    image: np.ndarray
+    "H×W×3 BGR uint8. Stages may write into it in place (the swap writes only face regions)."
+    faces: Faces | None = None
+    "Faces found or tracked in this frame, set by the analysis stage."
+    stamps: dict[str, int] = field(default_factory=dict)
+    "Stage name → ``monotonic_ns`` when that stage finished with the frame."
+    error: str | None = None
+    "Kind of the error that made a stage pass this frame through untouched."
+
+    @property
+    def seconds(self) -> float:
+        """The presentation time in seconds."""
+        return float(self.pts * self.time_base)
+
+    def stage_ms(self, stage: str) -> float:
+        """Milliseconds spent in ``stage`` (from the previous stamp, or capture)."""
+        order = [s for s in STAGES if s in self.stamps]
+        i = order.index(stage)
+        start = self.capture_ns if i == 0 else self.stamps[order[i - 1]]
+        return (self.stamps[stage] - start) / 1e6
+
+    def latency_ms(self) -> float:
+        """Capture → output latency in milliseconds."""
+        return (self.stamps["output"] - self.capture_ns) / 1e6
