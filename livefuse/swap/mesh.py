@@ -1,0 +1,200 @@
+"""The built-in swapper: a piecewise-affine warp of the source face over the mesh
+triangles, colour and lighting matched, blended with a feathered mask — face regions only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from livefuse.face.topology import FACE_OVAL, MOUTH_INNER
+from livefuse.faces import Faces
+from livefuse.scratch import Scratch
+from livefuse.swap.blend import blend_into, feathered_mask, low_res, match_colour
+from livefuse.swap.source import SourceFace
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSwapConfig:
+    """How the mesh swapper blends."""
+
+    keep_mouth: bool = False
+    "Keep the target's mouth interior (teeth, tongue) so talking looks natural."
+    feather: float = 0.08
+    "Width of the mask's soft edge, as a fraction of the face width."
+    colour: bool = True
+    "Match the source face's colour and lighting to the target."
+    opacity: float = 1.0
+    "0 leaves the target, 1 replaces it fully."
+
+
+#: The outer ring of extra points sits this far out from the face's centre, relative to the
+#: face outline, so the warp is defined across the whole feathered edge of the mask.
+RING = 1.25
+
+
+#: The blend mask follows the outline pulled in this much towards the centre: the mesh's
+#: outline sits on the silhouette, where a source photo's pixels are half background.
+MASK_INSET = 0.93
+
+
+def mask_outline(points: np.ndarray) -> np.ndarray:
+    """The face outline the blend mask fills, slightly inside the mesh's own outline."""
+    oval = points[FACE_OVAL]
+    centre = oval.mean(0)
+    return centre + MASK_INSET * (oval - centre)
+
+
+def with_ring(points: np.ndarray, scale: float = RING) -> np.ndarray:
+    """(468 + len(FACE_OVAL), 2) points: the mesh plus a ring ``scale`` times the outline."""
+    oval = points[FACE_OVAL]
+    centre = oval.mean(0)
+    return np.concatenate([points, centre + scale * (oval - centre)])
+
+
+def triangulate(points: np.ndarray) -> np.ndarray:
+    """(T, 3) Delaunay triangles over 2-D ``points`` (indices into them)."""
+    lo = points.min(0) - 1
+    hi = points.max(0) + 1
+    subdiv = cv2.Subdiv2D((int(lo[0]), int(lo[1]), int(hi[0] - lo[0]) + 2, int(hi[1] - lo[1]) + 2))
+    subdiv.insert([(float(x), float(y)) for x, y in points])
+    tri = subdiv.getTriangleList().reshape(-1, 3, 2)
+    # Map vertex coordinates back to indices; drop triangles touching the virtual outer vertices.
+    d = np.abs(tri[:, :, None, :] - points[None, None, :, :]).sum(-1)
+    idx = d.argmin(-1)
+    ok = (d.min(-1) < 1e-3).all(1)
+    return idx[ok].astype(np.int32)
+
+
+def _affines(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """(T, 3, 2) affine maps taking each destination triangle onto its source triangle
+    (``[x, y, 1] @ A = [sx, sy]``); degenerate triangles get an all-zero map."""
+    d = np.concatenate([dst, np.ones((*dst.shape[:2], 1), dst.dtype)], axis=2)
+    det = np.linalg.det(d)
+    ok = np.abs(det) > 1e-9
+    out = np.zeros((len(d), 3, 2), np.float32)
+    out[ok] = np.linalg.solve(d[ok], src[ok])
+    return out
+
+
+class MeshSwapper:
+    """Swaps the source face onto every face of a frame, in place.
+
+    Work per face stays inside the face's bounding box; pixels outside the feathered mask
+    are written back byte-identical. Not thread-safe (one instance per swap thread).
+    """
+
+    def __init__(self, source: SourceFace, config: MeshSwapConfig = MeshSwapConfig()) -> None:
+        self.config = config
+        self.scratch = Scratch()
+        self._levels = _pyramid(source)
+        self.triangles = triangulate(with_ring(source.points[:, :2]))
+        self.faces_swapped = 0
+
+    def swap(self, image: np.ndarray, faces: Faces) -> None:
+        """Put the source face onto each face of ``faces`` (which must carry landmarks)."""
+        if faces.landmarks is None:
+            raise ValueError("the mesh swapper needs mesh landmarks (run the tracker first)")
+        for points in faces.landmarks:
+            self._swap_one(image, points[:, :2], points[:, 2])
+
+    def _swap_one(self, image: np.ndarray, pts: np.ndarray, depth: np.ndarray) -> None:
+        h, w = image.shape[:2]
+        x0, y0 = np.maximum(np.floor(pts.min(0)) - 1, 0).astype(int)
+        x1, y1 = np.minimum(np.ceil(pts.max(0)) + 2, [w, h]).astype(int)
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            return  # off-screen or too small to be seen
+        face_w = float(np.ptp(pts[:, 0]))
+        texture, src_pts = self._level(face_w)
+        local = (with_ring(pts) - (x0, y0)).astype(np.float32)
+        region = image[y0:y1, x0:x1]
+        warped = self._warp(texture, src_pts, local, self._draw_order(depth), region.shape[:2], face_w)
+        alpha = feathered_mask(
+            region.shape[:2],
+            mask_outline(local),
+            [local[MOUTH_INNER]] if self.config.keep_mouth else [],
+            self.config.feather * face_w,
+            self.scratch,
+        )
+        if self.config.opacity < 1:
+            alpha *= self.config.opacity
+        face = match_colour(warped, region, alpha, self.scratch) if self.config.colour else warped.astype(np.float32)
+        blend_into(region, face, alpha, self.scratch)
+        self.faces_swapped += 1
+
+    def _draw_order(self, depth: np.ndarray) -> np.ndarray:
+        """Triangles far to near (painter's order): where a turned head folds the mesh
+        over itself, the visible, nearer side wins. Ring triangles go first of all."""
+        z = np.concatenate([depth, np.full(len(FACE_OVAL), np.inf, depth.dtype)])
+        return np.argsort(-z[self.triangles].max(1), kind="stable")
+
+    def _level(self, face_w: float) -> tuple[np.ndarray, np.ndarray]:
+        """The smallest source texture at least as wide as the target face (no aliasing)."""
+        for texture, pts in self._levels:
+            if np.ptp(pts[:, 0]) >= face_w:
+                return texture, pts
+        return self._levels[-1]
+
+    def _warp(
+        self,
+        texture: np.ndarray,
+        src: np.ndarray,
+        dst: np.ndarray,
+        order: np.ndarray,
+        shape: tuple[int, int],
+        face_w: float,
+    ) -> np.ndarray:
+        """The source texture warped triangle by triangle onto the target points."""
+        # The map is piecewise affine and continuous, so it is computed at 1/2 or 1/4
+        # resolution and scaled up bilinearly with no visible difference.
+        f = 1 if face_w < 96 else 2 if face_w < 320 else 4
+        mw, mh = low_res(shape, f)
+        ids = self.scratch.get("ids", (mh, mw), np.int32)
+        ids[:] = -1
+        tri_dst = dst[self.triangles] / f
+        fixed = np.round(tri_dst * 16).astype(np.int32)
+        for i in order.tolist():
+            cv2.fillConvexPoly(ids, fixed[i], i, cv2.LINE_8, 4)  # 4 fractional bits: sub-pixel accurate
+        tri_src = src[self.triangles]
+        aff = _affines(tri_dst, tri_src)
+        inside = ids >= 0
+        safe = np.where(inside, ids, 0)
+        coef = aff[safe]  # (mh, mw, 3, 2)
+        gx = np.arange(mw, dtype=np.float32)[None, :]
+        gy = np.arange(mh, dtype=np.float32)[:, None]
+        maps = coef[..., 0, :] * gx[..., None] + coef[..., 1, :] * gy[..., None] + coef[..., 2, :]
+        # Rasterisation covers pixel centres just outside a triangle; on a squashed triangle
+        # (the far cheek of a turned head) its affine map flings those far across the
+        # source. Clamping to the triangle's own source extent keeps every sample local.
+        np.clip(maps, tri_src.min(1)[safe], tri_src.max(1)[safe], out=maps)
+        maps[~inside] = -1
+        if f > 1:
+            # Map values are source pixels; sample positions shift by half a pixel per level.
+            maps = cv2.resize(maps, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+        return cv2.remap(texture, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _pyramid(source: SourceFace) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Source texture at several sizes, smallest first, each with its mesh points."""
+    levels = [(source.image, _source_points(source.points[:, :2]))]
+    while np.ptp(levels[-1][1][:, 0]) > 96:
+        img, pts = levels[-1]
+        levels.append((cv2.pyrDown(img), pts / 2))
+    return levels[::-1]
+
+
+#: On the source side the outline is pulled in this much, and the ring sits on it.
+SOURCE_INSET = 0.92
+
+
+def _source_points(points: np.ndarray) -> np.ndarray:
+    """Source mesh points with the outline and ring pulled inside the face.
+
+    The mesh outline follows the silhouette, so a photo's pixels there are partly hair,
+    ears or background; a turned target face shows that edge across its far cheek.
+    Sampling the edge from just inside the face keeps it skin.
+    """
+    out = with_ring(points, SOURCE_INSET).astype(np.float32)
+    out[FACE_OVAL] = out[len(points):]
+    return out
