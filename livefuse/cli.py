@@ -1,0 +1,115 @@
+"""The ``livefuse`` command. The only module that parses arguments or picks exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from livefuse.config import Settings, load_settings
+from livefuse.errors import ConfigError, LivefuseError
+
+log = logging.getLogger("livefuse")
+
+#: Settings that every swapping command takes, as (flag, settings key, argparse kwargs).
+_SWAP_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--source", "source", {"metavar": "FACE.jpg", "help": "photo of the face to put onto people"}),
+    ("--keep-mouth", "keep_mouth", {"action": "store_const", "const": True, "help": "keep the target's mouth interior"}),
+    ("--opacity", "opacity", {"type": float, "help": "0..1, how fully the face is replaced (1)"}),
+    ("--no-colour", "colour", {"action": "store_const", "const": False, "help": "skip colour/lighting matching"}),
+    ("--detect-every", "detect_every", {"type": int, "metavar": "K", "help": "run the detector every K frames (10)"}),
+    ("--detect-size", "detect_size", {"type": int, "metavar": "PX", "help": "detector input size, longest side (640)"}),
+    ("--max-faces", "max_faces", {"type": int, "help": "most faces swapped per frame (8)"}),
+    ("--no-smooth", "smooth", {"action": "store_const", "const": False, "help": "no landmark smoothing"}),
+    ("--threads", "threads", {"type": int, "help": "ONNX Runtime threads per model (1)"}),
+    ("--providers", "providers", {"help": "comma-separated ONNX Runtime providers to try first"}),
+    ("--home", "home", {"metavar": "DIR", "help": "models and samples directory"}),
+]
+
+
+def _add_swap_options(parser: argparse.ArgumentParser) -> None:
+    for flag, key, kwargs in _SWAP_OPTIONS:
+        parser.add_argument(flag, dest=key, default=None, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="livefuse", description="Real-time face swap for live video.")
+    parser.add_argument("--config", type=Path, help="TOML config file (options as keys)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    cam = commands.add_parser("cam", help="swap faces live from a camera or stream")
+    _add_swap_options(cam)
+    cam.add_argument("--camera", default=None, help="camera index, device path or rtsp/http URL (0)")
+    cam.add_argument("--size", default=None, metavar="WxH", help="requested capture size, e.g. 1280x720")
+    cam.add_argument("--fps", type=float, default=None, help="requested capture rate")
+    cam.add_argument("--vcam", action="store_const", const=True, default=None, help="send to a virtual camera")
+    cam.add_argument("--vcam-device", dest="vcam_device", default=None, help="virtual camera device (Linux: /dev/videoN)")
+    cam.add_argument("--preview", action="store_const", const=True, default=None, help="show a preview window")
+    cam.add_argument("--record", type=Path, default=None, metavar="OUT.mp4", help="also write the output to a file")
+    cam.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+
+    run = commands.add_parser("run", help="swap faces in a video or image file")
+    _add_swap_options(run)
+    run.add_argument("--input", required=True, help="video file, image or rtsp/http URL")
+    run.add_argument("--output", required=True, type=Path, help="output video file (.mp4)")
+
+    demo = commands.add_parser("demo", help="pull what is needed and run on the sample clip")
+    _add_swap_options(demo)
+    demo.add_argument("--output", type=Path, default=Path("livefuse-demo"), help="output directory")
+
+    models = commands.add_parser("models", help="install and list models")
+    models_cmd = models.add_subparsers(dest="action", required=True)
+    pull = models_cmd.add_parser("pull", help="install the built-in models")
+    pull.add_argument("--from", dest="from_dir", type=Path, help="install from files in DIR (offline)")
+    pull.add_argument("--home", default=None)
+    listing = models_cmd.add_parser("list", help="show installed models")
+    listing.add_argument("--home", default=None)
+
+    samples = commands.add_parser("samples", help="get the sample portraits and demo clip")
+    samples_cmd = samples.add_subparsers(dest="action", required=True)
+    spull = samples_cmd.add_parser("pull", help="get the sample media")
+    spull.add_argument("--from", dest="from_dir", type=Path, help="install from files in DIR (offline)")
+    spull.add_argument("--home", default=None)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    known = set(Settings.__dataclass_fields__)
+    cli = {k: v for k, v in vars(args).items() if k in known and v is not None}
+    return load_settings(cli, config=args.config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point. Returns the exit code: 0 ok, 1 a livefuse error, 2 usage, 130 Ctrl-C."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from livefuse import commands
+
+    handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+        "cam": commands.cam,
+        "run": commands.run,
+        "demo": commands.demo,
+        "models": commands.models,
+        "samples": commands.samples,
+    }
+    try:
+        settings = _settings(args)
+        logging.getLogger().setLevel(logging.DEBUG if args.verbose else settings.log_level.upper())
+        return handlers[args.command](args, settings)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    except LivefuseError as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        log.warning("interrupted")
+        return 130

@@ -1,0 +1,210 @@
+"""What each CLI command does, on top of the library. Returns exit codes; never exits."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+import cv2
+import numpy as np
+
+from livefuse.app import Engine, home_of
+from livefuse.config import Settings
+from livefuse.errors import ConfigError
+from livefuse.frame import Frame
+from livefuse.io.sinks import PreviewSink, VideoFileSink
+from livefuse.io.sources import open_source
+from livefuse.models.store import ModelStore
+from livefuse.pipeline.metrics import RunStats
+from livefuse.pipeline.pipeline import Pipeline
+from livefuse.pipeline.stages import Sink
+from livefuse.samples import SampleStore
+
+log = logging.getLogger("livefuse")
+
+#: The face the demo puts onto the person in the sample clip.
+DEMO_SOURCE = "biden.jpg"
+
+
+def _source_photo(settings: Settings) -> Path:
+    if not settings.source:
+        raise ConfigError("no source face: pass --source FACE.jpg (or set 'source' in the config file)")
+    return Path(settings.source).expanduser()
+
+
+def _report(stats: RunStats) -> None:
+    print(stats.summary_line(), flush=True)
+
+
+def cam(args: argparse.Namespace, settings: Settings) -> int:
+    """Live: camera or stream → swap → virtual camera / preview / recording."""
+    photo = _source_photo(settings)
+    with Engine(settings) as engine:
+        swapper = engine.swapper(photo)
+        source = open_source(settings.camera, settings.capture_size, settings.fps)
+        sinks: list[Sink] = []
+        stop = threading.Event()
+        if settings.vcam:
+            from livefuse.io.vcam import VirtualCameraSink
+
+            sinks.append(VirtualCameraSink(device=settings.vcam_device))
+        if settings.preview:
+            sinks.append(PreviewSink(on_quit=stop.set))
+        if args.record:
+            sinks.append(VideoFileSink(args.record))
+        if not sinks:
+            raise ConfigError("nothing to output to: add --vcam, --preview and/or --record OUT.mp4")
+        pipeline = Pipeline(source, engine.tracker(), swapper, sinks, queue_size=settings.queue_size)
+        stats = _run_until(pipeline, stop, args.seconds)
+    _report(stats)
+    return 0
+
+
+def _run_until(pipeline: Pipeline, stop: threading.Event, seconds: float | None) -> RunStats:
+    """Run ``pipeline`` until it ends, ``stop`` is set, ``seconds`` pass, or Ctrl-C."""
+    deadline = time.monotonic() + seconds if seconds else None
+    pipeline.start()
+    try:
+        while pipeline.running and not stop.is_set():
+            if deadline and time.monotonic() > deadline:
+                break
+            stop.wait(0.1)
+    except KeyboardInterrupt:
+        log.info("stopping (Ctrl-C)")
+    finally:
+        pipeline.stop()
+    return pipeline.join()
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """File → swap → file, with a progress line; exit 1 if anything fails."""
+    photo = _source_photo(settings)
+    stats = process_file(settings, photo, args.input, args.output)
+    _report(stats)
+    return 0
+
+
+def process_file(
+    settings: Settings, photo: Path, input_spec: str, output: Path, on_frame: Callable[[Frame], None] | None = None
+) -> RunStats:
+    """Swap ``photo``'s face into every frame of ``input_spec`` and write ``output``."""
+    with Engine(settings) as engine:
+        swapper = engine.swapper(photo)
+        progress = _Progress(on_frame)
+        pipeline = Pipeline(
+            open_source(input_spec), engine.tracker(), swapper, [VideoFileSink(output)], on_frame=progress
+        )
+        progress.pipeline = pipeline
+        stats = pipeline.run()
+        progress.finish()
+    return stats
+
+
+class _Progress:
+    """Per-frame callback: a progress line on a terminal, then the caller's own callback."""
+
+    def __init__(self, then: Callable[[Frame], None] | None) -> None:
+        self.then = then
+        self.pipeline: Pipeline | None = None
+        self.done = 0
+        self._show: Callable[[int, float], None] | None = None
+
+    def __call__(self, frame: Frame) -> None:
+        self.done += 1
+        if self._show is None and sys.stderr.isatty() and self.pipeline and self.pipeline.info:
+            self._show = progress_printer(self.pipeline.info.frame_count)
+        if self._show is not None:
+            self._show(self.done, time.monotonic())
+        if self.then is not None:
+            self.then(frame)
+
+    def finish(self) -> None:
+        if self._show is not None:
+            sys.stderr.write("\n")
+
+
+def progress_printer(total: int | None, stream: TextIO = sys.stderr) -> Callable[[int, float], None]:
+    """A callback drawing 'frames, fps, ETA' on one terminal line, at most 4 times a second."""
+    start = time.monotonic()
+    last = [0.0]
+
+    def show(done: int, now: float) -> None:
+        if now - last[0] < 0.25 and done != total:
+            return
+        last[0] = now
+        fps = done / max(now - start, 1e-9)
+        if total:
+            eta = (total - done) / fps if fps > 0 else float("inf")
+            bar = "#" * int(30 * min(done, total) / total)
+            stream.write(f"\r[{bar:<30}] {done}/{total} frames {fps:6.1f} fps  ETA {eta:5.0f} s ")
+        else:
+            stream.write(f"\r{done} frames {fps:6.1f} fps ")
+        stream.flush()
+
+    return show
+
+
+def demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Pull what is needed, swap the sample face into the sample clip, write video + still."""
+    home = home_of(settings)
+    ModelStore(home).pull(log=log.info)
+    samples = SampleStore(home)
+    samples.pull(log=log.info)
+    clip = samples.demo_clip()
+    photo = Path(settings.source) if settings.source else samples.path(DEMO_SOURCE)
+    out_dir: Path = args.output
+    out_dir.mkdir(parents=True, exist_ok=True)
+    video = out_dir / "demo-swapped.mp4"
+    still_at = 90  # a frame in the one-face part of the clip
+    keep: dict[str, np.ndarray] = {}
+
+    def grab(frame: Frame) -> None:
+        if frame.index == still_at:
+            keep["out"] = frame.image.copy()
+
+    stats = process_file(settings, photo, str(clip), video, on_frame=grab)
+    still = out_dir / "demo-side-by-side.jpg"
+    _write_side_by_side(clip, still_at, keep.get("out"), still)
+    print(f"wrote {video} and {still}")
+    _report(stats)
+    return 0
+
+
+def _write_side_by_side(clip: Path, index: int, swapped: np.ndarray | None, path: Path) -> None:
+    cap = cv2.VideoCapture(str(clip))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+    ok, original = cap.read()
+    cap.release()
+    if not ok or swapped is None:
+        log.warning("could not make the side-by-side still")
+        return
+    tmp = path.with_name(path.name + ".tmp.jpg")
+    cv2.imwrite(str(tmp), np.hstack([original, swapped]))
+    tmp.replace(path)
+
+
+def models(args: argparse.Namespace, settings: Settings) -> int:
+    store = ModelStore(home_of(settings))
+    if args.action == "pull":
+        for path in store.pull(from_dir=args.from_dir, log=log.info):
+            print(path)
+        return 0
+    width = shutil.get_terminal_size().columns
+    for status in store.list():
+        state = "verified" if status.verified else "CORRUPT" if status.installed else "missing"
+        print(f"{status.name:<12} {status.role:<11} {state:<9} {status.license:<11} {status.path}"[:width])
+    return 0
+
+
+def samples(args: argparse.Namespace, settings: Settings) -> int:
+    store = SampleStore(home_of(settings))
+    store.pull(from_dir=args.from_dir, log=log.info)
+    print(store.demo_clip())
+    return 0

@@ -1,0 +1,138 @@
+"""Settings: defaults < config file < environment < command line.
+
+The config file is TOML (``--config PATH``, else ``$LIVEFUSE_CONFIG``, else
+``<user config dir>/livefuse/config.toml`` when it exists). Every key can also be set
+as ``LIVEFUSE_<KEY>`` in the environment, e.g. ``LIVEFUSE_DETECT_EVERY=15``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from livefuse.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every option a run takes. Built once at start-up; stages get their part of it."""
+
+    source: str | None = None
+    "Photo of the face to put onto people."
+    camera: str = "0"
+    "Camera index or device path (cam), or the input file/URL (run)."
+    size: str | None = None
+    "Requested capture size WIDTHxHEIGHT (cameras)."
+    fps: float | None = None
+    "Requested capture rate (cameras)."
+    vcam: bool = False
+    vcam_device: str | None = None
+    preview: bool = False
+    keep_mouth: bool = False
+    opacity: float = 1.0
+    colour: bool = True
+    detect_every: int = 10
+    detect_size: int = 640
+    detect_threshold: float = 0.5
+    smooth: bool = True
+    max_faces: int = 8
+    threads: int = 1
+    "ONNX Runtime threads per model (the pipeline's stages already run in parallel)."
+    queue_size: int = 2
+    providers: str | None = None
+    "Comma-separated ONNX Runtime execution providers to try first."
+    home: str | None = None
+    "Where models and samples live (default: $LIVEFUSE_HOME or the user cache dir)."
+    log_level: str = "INFO"
+
+    @property
+    def capture_size(self) -> tuple[int, int] | None:
+        """``size`` as (width, height)."""
+        return parse_size(self.size) if self.size else None
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1280x720' → (1280, 720), with an error that shows the expected form."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"size {text!r} is not WIDTHxHEIGHT, e.g. 1280x720") from None
+    if w <= 0 or h <= 0 or w % 2 or h % 2:
+        raise ConfigError(f"size {text!r} must be positive and even, e.g. 1280x720")
+    return w, h
+
+
+def _coerce(name: str, kind: str, value: Any, origin: str) -> Any:
+    """Convert ``value`` to the type a field declares (env vars arrive as strings)."""
+    if value is None:
+        return None
+    try:
+        if "bool" in kind:
+            if isinstance(value, str):
+                if value.lower() not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                    raise ValueError(value)
+                return value.lower() in {"1", "true", "yes", "on"}
+            return bool(value)
+        if "int" in kind:
+            return int(value)
+        if "float" in kind:
+            return float(value)
+        return str(value)
+    except ValueError:
+        raise ConfigError(f"{origin}: {name} = {value!r} is not a valid {kind.split(' ')[0]}") from None
+
+
+def default_config_path(env: Mapping[str, str]) -> Path:
+    """Where the config file is looked for when none is named."""
+    if "LIVEFUSE_CONFIG" in env:
+        return Path(env["LIVEFUSE_CONFIG"])
+    if sys.platform == "win32":
+        base = Path(env.get("APPDATA", Path.home() / "AppData" / "Roaming"))
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(env.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+    return base / "livefuse" / "config.toml"
+
+
+def load_settings(
+    cli: Mapping[str, Any], env: Mapping[str, str] | None = None, config: Path | None = None
+) -> Settings:
+    """Merge the layers. ``cli`` holds only options given on the command line."""
+    env = os.environ if env is None else env
+    kinds = {f.name: str(f.type) for f in fields(Settings)}
+    settings = Settings()
+    path = config or default_config_path(env)
+    if config is not None or path.is_file():
+        settings = _apply(settings, kinds, _read_toml(path), str(path))
+    prefixed = {k[9:].lower(): v for k, v in env.items() if k.startswith("LIVEFUSE_")}
+    env_values = {k: v for k, v in prefixed.items() if k in kinds}
+    settings = _apply(settings, kinds, env_values, "environment")
+    return _apply(settings, kinds, {k: v for k, v in cli.items() if v is not None}, "command line")
+
+
+def _apply(settings: Settings, kinds: Mapping[str, str], values: Mapping[str, Any], origin: str) -> Settings:
+    unknown = sorted(set(values) - set(kinds))
+    if unknown:
+        raise ConfigError(f"{origin}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(kinds))}")
+    return replace(settings, **{k: _coerce(k, kinds[k], v, origin) for k, v in values.items()})
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return {k.replace("-", "_"): v for k, v in data.items()}

@@ -1,0 +1,52 @@
+"""Shared helpers for the face tests (not fixtures: plain functions)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import cv2
+import numpy as np
+
+from livefuse.face.topology import FACE_OVAL
+from livefuse.faces import Faces
+from livefuse.frame import Frame
+
+#: insightface's 112×112 ArcFace template for the five keypoints.
+TEMPLATE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    np.float32,
+)
+
+
+def frame_of(image: np.ndarray, index: int = 0, fps: int = 30) -> Frame:
+    return Frame(index=index, pts=index, time_base=Fraction(1, fps), capture_ns=0, image=image)
+
+
+def aligned(image: np.ndarray, kps: np.ndarray, size: int = 112) -> np.ndarray:
+    """The face at ``kps`` aligned to the 112-px template, grey, float32."""
+    m, _ = cv2.estimateAffinePartial2D(kps.astype(np.float32), TEMPLATE_112 * size / 112)
+    crop = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_AREA)
+    return cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY).astype(np.float32)
+
+
+def structure_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of the two aligned faces' edge maps over the inner face (eyes, brows,
+    nose, mouth): shapes of features, not colour or lighting."""
+    def edges(x: np.ndarray) -> np.ndarray:
+        gx = cv2.Sobel(x, cv2.CV_32F, 1, 0, ksize=3)
+        gy = cv2.Sobel(x, cv2.CV_32F, 0, 1, ksize=3)
+        return np.hypot(gx, gy)[24:104, 20:92].ravel()
+
+    ea, eb = edges(a), edges(b)
+    return float(np.corrcoef(ea, eb)[0, 1])
+
+
+def oval_mask(shape: tuple[int, ...], faces: Faces, grow: int = 0) -> np.ndarray:
+    """Boolean mask of the faces' mesh outlines, grown by ``grow`` px."""
+    mask = np.zeros(shape[:2], np.uint8)
+    assert faces.landmarks is not None
+    for pts in faces.landmarks:
+        cv2.fillPoly(mask, [np.round(pts[FACE_OVAL, :2]).astype(np.int32)], 255)
+    if grow:
+        mask = cv2.dilate(mask, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
+    return mask > 0

@@ -1,0 +1,92 @@
+"""The mesh swapper: what changes, what does not, and whose face comes out."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from livefuse.app import Engine
+from livefuse.config import Settings
+from livefuse.face.topology import MOUTH_INNER
+from livefuse.swap.mesh import MeshSwapConfig, MeshSwapper
+from tests.helpers import aligned, frame_of, oval_mask, structure_similarity
+
+
+@pytest.fixture(scope="module")
+def engine(model_store):
+    with Engine(Settings(threads=2), model_store) as e:
+        yield e
+
+
+@pytest.fixture(scope="module")
+def biden(engine, sample_store):
+    return engine.swapper(sample_store.path("biden.jpg"))
+
+
+@pytest.fixture(scope="module")
+def group(engine, sample_store):
+    image = cv2.imread(str(sample_store.path("t1.jpg")))
+    return image, engine.tracker().analyze(frame_of(image))
+
+
+def test_only_face_regions_change(biden, group):
+    image, faces = group
+    out = image.copy()
+    biden.swap(out, faces)
+    changed = (out != image).any(axis=2)
+    outside = changed & ~oval_mask(image.shape, faces, grow=1)
+    assert outside.sum() == 0, "pixels outside the face outlines must be byte-identical"
+    inner = oval_mask(image.shape, faces)
+    assert changed[inner].mean() > 0.6, "most of each face must be replaced"
+
+
+def test_swapped_face_keeps_target_pose_and_looks_like_source(engine, biden, sample_store):
+    target = cv2.imread(str(sample_store.path("obama.jpg")))
+    src = cv2.imread(str(sample_store.path("biden.jpg")))
+    faces = engine.tracker().analyze(frame_of(target))
+    out = target.copy()
+    biden.swap(out, faces)
+    again = engine.tracker().analyze(frame_of(out))
+    assert len(again) == 1
+    width = np.ptp(faces.landmarks[0, :, 0])
+    # Pose: the swapped face's own landmarks stay where the target's were.
+    err = np.linalg.norm(again.landmarks[0, :, :2] - faces.landmarks[0, :, :2], axis=1).mean()
+    assert err < 0.04 * width, f"landmarks moved {err:.1f} px on a {width:.0f} px face"
+    # Identity: the swapped face's features match the source photo's better than the target's.
+    src_faces = engine.tracker().analyze(frame_of(src))
+    a_out = aligned(out, again.kps[0])
+    to_source = structure_similarity(a_out, aligned(src, src_faces.kps[0]))
+    to_target = structure_similarity(a_out, aligned(target, faces.kps[0]))
+    assert to_source > to_target + 0.05, (to_source, to_target)
+
+
+def test_keep_mouth_leaves_mouth_interior(engine, sample_store, group):
+    image, faces = group
+    swapper = MeshSwapper(engine.swapper(sample_store.path("biden.jpg")).source, MeshSwapConfig(keep_mouth=True))
+    out = image.copy()
+    swapper.swap(out, faces)
+    mouth = np.zeros(image.shape[:2], np.uint8)
+    for pts in faces.landmarks:
+        cv2.fillPoly(mouth, [np.round(pts[MOUTH_INNER, :2]).astype(np.int32)], 255)
+    mouth = cv2.erode(mouth, np.ones((3, 3), np.uint8)) > 0
+    if mouth.sum() < 20:
+        pytest.skip("mouths in the sample are closed")
+    diff = np.abs(out.astype(int) - image.astype(int)).max(axis=2)
+    assert np.median(diff[mouth]) <= 2
+
+
+def test_faces_at_every_size_and_at_the_border(engine, biden, sample_store):
+    portrait = cv2.imread(str(sample_store.path("obama.jpg")))
+    for scale in (0.15, 0.5, 1.5):
+        image = cv2.resize(portrait, None, fx=scale, fy=scale)
+        faces = engine.tracker().analyze(frame_of(image))
+        assert len(faces) == 1, scale
+        out = image.copy()
+        biden.swap(out, faces)
+        assert (out != image).any()
+    cut = np.ascontiguousarray(portrait[:, 450:])
+    faces = engine.tracker().analyze(frame_of(cut))
+    out = cut.copy()
+    biden.swap(out, faces)
+    assert (out != cut).any(axis=2)[:, :20].any(), "the part of the face at the edge is swapped"
