@@ -50,3 +50,39 @@ def oval_mask(shape: tuple[int, ...], faces: Faces, grow: int = 0) -> np.ndarray
     if grow:
         mask = cv2.dilate(mask, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
     return mask > 0
+
+
+def hull_mask(shape: tuple[int, ...], faces: Faces, grow: int = 0) -> np.ndarray:
+    """Boolean mask of the convex hulls of the faces' mesh points, grown by ``grow`` px."""
+    mask = np.zeros(shape[:2], np.uint8)
+    assert faces.landmarks is not None
+    for pts in faces.landmarks:
+        hull = cv2.convexHull(np.round(pts[:, :2]).astype(np.int32))
+        cv2.fillConvexPoly(mask, hull, 255)
+    if grow:
+        mask = cv2.dilate(mask, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
+    return mask > 0
+
+
+def unwrapped(image: np.ndarray, points: np.ndarray, canon: np.ndarray, size: int = 256) -> np.ndarray:
+    """The face with mesh ``points`` in ``image``, warped onto the mesh layout ``canon``
+    (a size×size canvas): its texture with pose and shape taken out, grey, float32."""
+    from livefuse.swap.mesh import MeshSwapConfig, MeshSwapper
+    from livefuse.swap.source import SourceFace
+
+    warp = MeshSwapper(SourceFace(image, points, 1), MeshSwapConfig(colour=False, feather=0.02))
+    canvas = np.zeros((size, size, 3), np.uint8)
+    warp.swap(canvas, Faces(np.zeros((1, 4), np.float32), np.ones(1, np.float32),
+                            np.zeros((1, 5, 2), np.float32), landmarks=canon[None]))
+    return cv2.cvtColor(canvas, cv2.COLOR_BGR2GRAY).astype(np.float32)
+
+
+def texture_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of two unwrapped faces' details (a band-pass: the image minus its
+    σ=4 px blur) over the face's interior, away from the blend's soft edge."""
+    def detail(x: np.ndarray) -> np.ndarray:
+        return x - cv2.GaussianBlur(x, (0, 0), 4)
+
+    interior = ((a > 0) & (b > 0)).astype(np.uint8)
+    interior = cv2.erode(interior, np.ones((45, 45), np.uint8)) > 0
+    return float(np.corrcoef(detail(a)[interior], detail(b)[interior])[0, 1])

@@ -28,8 +28,8 @@ OBAMA_FACE = ((368, 86, 619, 433), (435, 215), (560, 210))
 
 
 @pytest.fixture(scope="module")
-def engine(model_store):
-    with Engine(Settings(threads=2), model_store) as e:
+def engine(livefuse_home):
+    with Engine(Settings(threads=2, home=str(livefuse_home))) as e:
         yield e
 
 

@@ -59,7 +59,11 @@ class Analyzer(Protocol):
 
 
 class Swapper(Protocol):
-    """Puts the source face onto ``faces`` in ``image``, in place, touching only face regions."""
+    """Puts the source face onto ``faces`` in ``image``, in place, touching only face regions.
+
+    All or nothing: a swapper computes every face before it writes any, so when ``swap``
+    raises, ``image`` is untouched and the frame can go on unswapped.
+    """
 
     def swap(self, image: np.ndarray, faces: Faces) -> None: ...
 

@@ -13,6 +13,14 @@ def low_res(shape: tuple[int, int], factor: int) -> tuple[int, int]:
     return max(1, -(-shape[1] // factor)), max(1, -(-shape[0] // factor))
 
 
+def to_low_res(points: np.ndarray, shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """Full-resolution pixel coordinates → coordinates on a ``size`` (w, h) copy of a
+    ``shape`` (h, w) region, with ``cv2.resize``'s pixel-centre convention, so drawing
+    there and scaling back up lands exactly on the original positions."""
+    scale = np.array([size[0] / shape[1], size[1] / shape[0]], np.float32)
+    return (points + 0.5) * scale - 0.5
+
+
 def feathered_mask(
     shape: tuple[int, int],
     outline: np.ndarray,
@@ -29,15 +37,24 @@ def feathered_mask(
     """
     w, h = low_res(shape, factor)
     small = scratch.get("mask_small", (h, w), np.uint8)
-    small[:] = 0
-    cv2.fillPoly(small, [np.round(outline / factor).astype(np.int32)], 255, cv2.LINE_AA)
+    hard = scratch.get("mask_hard", (h, w), np.uint8)
+    hard[:] = 0
+    cv2.fillPoly(hard, [_fixed(to_low_res(outline, shape, (w, h)))], 255, cv2.LINE_8, 4)
+    # One low-res pixel in: bilinear upscaling then cannot spill past the outline.
+    cv2.erode(hard, _disc(1), dst=hard)
     f = max(1, int(round(feather / factor)))
-    # Erode by the feather width, so that after blurring alpha reaches 0 at the outline.
-    cv2.erode(small, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (f + 1, f + 1)), dst=small)
-    for hole in holes:
-        cv2.fillPoly(small, [np.round(hole / factor).astype(np.int32)], 0, cv2.LINE_AA)
+    # Erode by the blur's reach so the soft edge lies inside the outline, not across it.
+    cv2.erode(hard, _disc(f), dst=small)
+    if holes:
+        # Grow the holes by the blur's reach first, so the soft edge lies outside them.
+        cut = scratch.get("mask_holes", (h, w), np.uint8)
+        cut[:] = 0
+        cv2.fillPoly(cut, [_fixed(to_low_res(x, shape, (w, h))) for x in holes], 255, cv2.LINE_8, 4)
+        cv2.dilate(cut, _disc(f), dst=cut)
+        small[cut > 0] = 0
     k = 2 * f + 1
     cv2.GaussianBlur(small, (k, k), 0, dst=small)
+    np.minimum(small, hard, out=small)
     small_f = scratch.get("mask_small_f", (h, w), np.float32)
     np.multiply(small, 1 / 255, out=small_f, casting="unsafe")
     alpha = scratch.get("alpha", shape, np.float32)
@@ -45,11 +62,28 @@ def feathered_mask(
     cv2.resize(small_f, (shape[1], shape[0]), dst=alpha, interpolation=cv2.INTER_LINEAR)
     # Bilinear upscaling leaves tiny non-zero tails: cut them so outside pixels stay exact.
     alpha[alpha < 1 / 255] = 0
+    if holes:
+        # Holes can be thinner than a low-res pixel (a mouth just opening): cut them exactly.
+        cv2.fillPoly(alpha, [_fixed(x) for x in holes], 0, cv2.LINE_8, 4)
     return alpha
 
 
+def _disc(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def _fixed(points: np.ndarray) -> np.ndarray:
+    """Points as int32 with 4 fractional bits, for OpenCV's sub-pixel drawing (shift=4)."""
+    return np.round(points * 16).astype(np.int32)
+
+
+#: Lighting is carried over on a grid this many cells across the face: coarse enough that
+#: the target's eyes, brows and mouth do not ghost into the result, fine enough for shading.
+SHADING_CELLS = 6
+
+
 def match_colour(
-    warped: np.ndarray, target: np.ndarray, alpha: np.ndarray, scratch: Scratch, factor: int = 8
+    warped: np.ndarray, target: np.ndarray, alpha: np.ndarray, scratch: Scratch
 ) -> np.ndarray:
     """``warped`` recoloured to the target: chroma by mean/std transfer in Lab, lightness by
     the ratio of the two faces' low-frequency lightness (carries the target's shading).
@@ -67,7 +101,7 @@ def match_colour(
     np.copyto(out, src, casting="unsafe")
     gain = (t_std.ravel() + 1) / (s_std.ravel() + 1)
     out[..., 1:] = (out[..., 1:] - s_mean.ravel()[1:]) * gain[1:] + t_mean.ravel()[1:]
-    out[..., 0] *= _shading(src[..., 0], dst[..., 0], inside, factor)
+    out[..., 0] *= _shading(src[..., 0], dst[..., 0], inside)
     np.clip(out, 0, 255, out=out)
     bgr = cv2.cvtColor(out.astype(np.uint8), cv2.COLOR_LAB2BGR)
     result = scratch.get("recoloured", bgr.shape, np.float32)
@@ -75,11 +109,11 @@ def match_colour(
     return result
 
 
-def _shading(src_l: np.ndarray, dst_l: np.ndarray, inside: np.ndarray, factor: int) -> np.ndarray:
+def _shading(src_l: np.ndarray, dst_l: np.ndarray, inside: np.ndarray) -> np.ndarray:
     """Per-pixel lightness gain target/source from masked, blurred low-resolution copies."""
-    size = low_res(src_l.shape[:2], factor)
+    size = low_res(src_l.shape[:2], max(1, src_l.shape[1] // SHADING_CELLS))
     m = cv2.resize(inside.astype(np.float32), size, interpolation=cv2.INTER_AREA)
-    k = (5, 5)
+    k = (3, 3)
     # Normalised convolution: blur(L·m)/blur(m) keeps background out of the face's averages.
     weight = cv2.GaussianBlur(m, k, 0) + 1e-3
     s = cv2.GaussianBlur(cv2.resize(src_l, size, interpolation=cv2.INTER_AREA) * m, k, 0) / weight

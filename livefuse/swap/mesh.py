@@ -11,7 +11,7 @@ import numpy as np
 from livefuse.face.topology import FACE_OVAL, MOUTH_INNER
 from livefuse.faces import Faces
 from livefuse.scratch import Scratch
-from livefuse.swap.blend import blend_into, feathered_mask, low_res, match_colour
+from livefuse.swap.blend import blend_into, feathered_mask, low_res, match_colour, to_low_res
 from livefuse.swap.source import SourceFace
 
 
@@ -87,41 +87,65 @@ class MeshSwapper:
 
     def __init__(self, source: SourceFace, config: MeshSwapConfig = MeshSwapConfig()) -> None:
         self.config = config
-        self.scratch = Scratch()
+        self.source = source
+        self._scratch: list[Scratch] = []
+        "One set of work arrays per face slot, so all faces can be computed before writing."
         self._levels = _pyramid(source)
         self.triangles = triangulate(with_ring(source.points[:, :2]))
         self.faces_swapped = 0
 
     def swap(self, image: np.ndarray, faces: Faces) -> None:
-        """Put the source face onto each face of ``faces`` (which must carry landmarks)."""
+        """Put the source face onto each face of ``faces`` (which must carry landmarks).
+
+        All or nothing: every face is computed before any pixel is written.
+        """
         if faces.landmarks is None:
             raise ValueError("the mesh swapper needs mesh landmarks (run the tracker first)")
-        for points in faces.landmarks:
-            self._swap_one(image, points[:, :2], points[:, 2])
+        while len(self._scratch) < len(faces):
+            self._scratch.append(Scratch())
+        patches = [
+            self._patch(image, points, scratch)
+            for points, scratch in zip(faces.landmarks, self._scratch)
+        ]
+        for patch, scratch in zip(patches, self._scratch):
+            if patch is not None:
+                region, face, alpha = patch
+                blend_into(image[region], face, alpha, scratch)
+        self.faces_swapped += sum(p is not None for p in patches)
 
-    def _swap_one(self, image: np.ndarray, pts: np.ndarray, depth: np.ndarray) -> None:
+    def _patch(
+        self, image: np.ndarray, points: np.ndarray, scratch: Scratch
+    ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
+        """The face's region, its recoloured warped source face and blend alpha; None when
+        the face is off-screen or too small to be seen."""
+        pts = points[:, :2]
         h, w = image.shape[:2]
         x0, y0 = np.maximum(np.floor(pts.min(0)) - 1, 0).astype(int)
         x1, y1 = np.minimum(np.ceil(pts.max(0)) + 2, [w, h]).astype(int)
         if x1 - x0 < 8 or y1 - y0 < 8:
-            return  # off-screen or too small to be seen
+            return None
         face_w = float(np.ptp(pts[:, 0]))
         texture, src_pts = self._level(face_w)
         local = (with_ring(pts) - (x0, y0)).astype(np.float32)
-        region = image[y0:y1, x0:x1]
-        warped = self._warp(texture, src_pts, local, self._draw_order(depth), region.shape[:2], face_w)
+        region = (slice(y0, y1), slice(x0, x1))
+        target = image[region]
+        order = self._draw_order(points[:, 2])
+        warped = self._warp(texture, src_pts, local, order, target.shape[:2], face_w, scratch)
         alpha = feathered_mask(
-            region.shape[:2],
+            target.shape[:2],
             mask_outline(local),
             [local[MOUTH_INNER]] if self.config.keep_mouth else [],
             self.config.feather * face_w,
-            self.scratch,
+            scratch,
         )
         if self.config.opacity < 1:
             alpha *= self.config.opacity
-        face = match_colour(warped, region, alpha, self.scratch) if self.config.colour else warped.astype(np.float32)
-        blend_into(region, face, alpha, self.scratch)
-        self.faces_swapped += 1
+        if self.config.colour:
+            face = match_colour(warped, target, alpha, scratch)
+        else:
+            face = scratch.get("recoloured", warped.shape, np.float32)
+            np.copyto(face, warped, casting="unsafe")
+        return region, face, alpha
 
     def _draw_order(self, depth: np.ndarray) -> np.ndarray:
         """Triangles far to near (painter's order): where a turned head folds the mesh
@@ -144,15 +168,16 @@ class MeshSwapper:
         order: np.ndarray,
         shape: tuple[int, int],
         face_w: float,
+        scratch: Scratch,
     ) -> np.ndarray:
         """The source texture warped triangle by triangle onto the target points."""
         # The map is piecewise affine and continuous, so it is computed at 1/2 or 1/4
         # resolution and scaled up bilinearly with no visible difference.
         f = 1 if face_w < 96 else 2 if face_w < 320 else 4
         mw, mh = low_res(shape, f)
-        ids = self.scratch.get("ids", (mh, mw), np.int32)
+        ids = scratch.get("ids", (mh, mw), np.int32)
         ids[:] = -1
-        tri_dst = dst[self.triangles] / f
+        tri_dst = to_low_res(dst, shape, (mw, mh))[self.triangles]
         fixed = np.round(tri_dst * 16).astype(np.int32)
         for i in order.tolist():
             cv2.fillConvexPoly(ids, fixed[i], i, cv2.LINE_8, 4)  # 4 fractional bits: sub-pixel accurate
@@ -170,7 +195,6 @@ class MeshSwapper:
         np.clip(maps, tri_src.min(1)[safe], tri_src.max(1)[safe], out=maps)
         maps[~inside] = -1
         if f > 1:
-            # Map values are source pixels; sample positions shift by half a pixel per level.
             maps = cv2.resize(maps, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
         return cv2.remap(texture, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
