@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     cam.add_argument("--fps", type=float, default=None, help="requested capture rate")
     cam.add_argument("--vcam", action="store_const", const=True, default=None, help="send to a virtual camera")
     cam.add_argument("--vcam-device", dest="vcam_device", default=None, help="virtual camera device (Linux: /dev/videoN)")
+    cam.add_argument("--vcam-backend", dest="vcam_backend", default=None, help="v4l2loopback, obs or unitycapture")
     cam.add_argument("--preview", action="store_const", const=True, default=None, help="show a preview window")
     cam.add_argument("--record", type=Path, default=None, metavar="OUT.mp4", help="also write the output to a file")
     cam.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")

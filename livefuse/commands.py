@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 import threading
 import time
@@ -54,7 +53,7 @@ def cam(args: argparse.Namespace, settings: Settings) -> int:
         if settings.vcam:
             from livefuse.io.vcam import VirtualCameraSink
 
-            sinks.append(VirtualCameraSink(device=settings.vcam_device))
+            sinks.append(VirtualCameraSink(device=settings.vcam_device, backend=settings.vcam_backend))
         if settings.preview:
             sinks.append(PreviewSink(on_quit=stop.set))
         if args.record:
@@ -196,10 +195,9 @@ def models(args: argparse.Namespace, settings: Settings) -> int:
         for path in store.pull(from_dir=args.from_dir, log=log.info):
             print(path)
         return 0
-    width = shutil.get_terminal_size().columns
     for status in store.list():
         state = "verified" if status.verified else "CORRUPT" if status.installed else "missing"
-        print(f"{status.name:<12} {status.role:<11} {state:<9} {status.license:<11} {status.path}"[:width])
+        print(f"{status.name:<12} {status.role:<11} {state:<9} {status.license:<11} {status.path}")
     return 0
 
 

@@ -36,6 +36,8 @@ class Settings:
     "Requested capture rate (cameras)."
     vcam: bool = False
     vcam_device: str | None = None
+    vcam_backend: str | None = None
+    "pyvirtualcam backend: v4l2loopback (Linux), obs, unitycapture (Windows)."
     preview: bool = False
     keep_mouth: bool = False
     opacity: float = 1.0

@@ -129,13 +129,13 @@ def no_device_message(system: str, detail: str, device: str | None = None) -> st
             "Create a v4l2loopback device:\n"
             "  sudo apt install v4l2loopback-dkms   (or your distribution's v4l2loopback package)\n"
             f"  {LINUX_MODPROBE}\n"
-            "then pass device=/dev/video10 (or let livefuse find it)."
+            "then run with --vcam (livefuse finds the device) or --vcam-device /dev/video10."
         )
     elif system == "Windows":
         steps = (
             "Install OBS Studio (https://obsproject.com) and click 'Start Virtual Camera' "
             "once, then stop it (livefuse drives it after that); or install Unity Capture "
-            "(https://github.com/schellingb/UnityCapture) and use backend='unitycapture'."
+            "(https://github.com/schellingb/UnityCapture) and run with --vcam-backend unitycapture."
         )
     elif system == "Darwin":
         steps = (

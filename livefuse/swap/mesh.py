@@ -99,6 +99,8 @@ class MeshSwapper:
 
         All or nothing: every face is computed before any pixel is written.
         """
+        if not len(faces):
+            return
         if faces.landmarks is None:
             raise ValueError("the mesh swapper needs mesh landmarks (run the tracker first)")
         while len(self._scratch) < len(faces):

@@ -1,0 +1,185 @@
+"""End-to-end pipeline benchmark on the sample clip (mesh swapper, one face).
+
+For 480p, 720p and 1080p copies of the clip's one-face part it measures, in one run:
+- file mode (back-pressure, every frame): throughput fps, with and without writing an
+  H.264 output file;
+- live mode (the source paced at 30 fps, newest frame wins): capture→output latency
+  p50/p95/p99 and dropped frames;
+- per stage: median ms inside analyze (detect+track) and swap calls, detector calls per
+  frame; CPU % of the process and peak RSS.
+
+Writes benchmarks/out/pipeline-<date>.json and prints a Markdown table for RESULTS.md.
+Usage: python benchmarks/bench_pipeline.py [--frames 300] [--sizes 480p,720p,1080p]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from livefuse.app import Engine
+from livefuse.config import Settings
+from livefuse.faces import Faces
+from livefuse.frame import Frame
+from livefuse.io.sinks import NullSink, VideoFileSink
+from livefuse.io.sources import PacedSource, VideoFileSource
+from livefuse.models.store import ModelStore, default_home
+from livefuse.pipeline.pipeline import Pipeline
+from livefuse.samples import SampleStore
+
+SIZES = {"480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080)}
+OUT = Path(__file__).parent / "out"
+
+
+class Timed:
+    """Wraps a stage and keeps the wall time of each call (ms)."""
+
+    def __init__(self, stage: object, method: str) -> None:
+        self.stage, self.method, self.ms = stage, method, []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.stage, name)
+
+    def _call(self, *args: object) -> object:
+        t = time.perf_counter()
+        result = getattr(self.stage, self.method)(*args)
+        self.ms.append((time.perf_counter() - t) * 1e3)
+        return result
+
+    def analyze(self, frame: Frame) -> Faces:
+        return self._call(frame)  # type: ignore[return-value]
+
+    def swap(self, image: np.ndarray, faces: Faces) -> None:
+        self._call(image, faces)
+
+
+def make_clip(demo: Path, size: tuple[int, int], frames: int) -> Path:
+    """The first ``frames`` frames of the demo clip scaled to ``size`` (cached)."""
+    path = OUT / f"clip-{size[1]}p-{frames}.mp4"
+    if path.is_file():
+        return path
+    cap = cv2.VideoCapture(str(demo))
+    tmp = path.with_suffix(".tmp.mp4")
+    with av.open(str(tmp), "w") as out:
+        stream = out.add_stream("libx264", rate=30, options={"crf": "18", "preset": "veryfast"})
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for _ in range(frames):
+            ok, image = cap.read()
+            if not ok:
+                break
+            frame = av.VideoFrame.from_ndarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), format="bgr24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    cap.release()
+    tmp.replace(path)
+    return path
+
+
+def run_once(engine: Engine, photo: Path, clip: Path, mode: str) -> dict[str, object]:
+    analyzer = Timed(engine.tracker(), "analyze")
+    swapper = Timed(engine.swapper(photo), "swap")
+    source = VideoFileSource(clip)
+    if mode == "live":
+        source = PacedSource(source)  # the clip's own 30 fps
+        sinks = [NullSink()]
+    elif mode == "file+encode":
+        sinks = [VideoFileSink(OUT / "bench-output.mp4")]
+    else:
+        sinks = [NullSink()]
+    usage0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    stats = Pipeline(source, analyzer, swapper, sinks).run()  # type: ignore[arg-type]
+    wall = time.perf_counter() - t0
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (usage1.ru_utime - usage0.ru_utime + usage1.ru_stime - usage0.ru_stime) / wall
+    return {
+        "mode": mode,
+        "frames_in": stats.frames_in,
+        "frames_out": stats.frames_out,
+        "dropped": stats.dropped,
+        "errors": stats.errors,
+        "fps": round(stats.fps, 1),
+        "latency_ms": {k: round(getattr(stats, f"latency_{k}_ms"), 1) for k in ("p50", "p95", "p99")},
+        "analyze_ms_median": round(float(np.median(analyzer.ms)), 2),
+        "swap_ms_median": round(float(np.median(swapper.ms)), 2),
+        "detector_per_frame": round(stats.detector_rate, 3),
+        "cpu_percent": round(100 * cpu, 0),
+        "peak_rss_mb": round(usage1.ru_maxrss / 1024, 0),
+    }
+
+
+def machine() -> dict[str, object]:
+    cpu = "unknown"
+    if Path("/proc/cpuinfo").is_file():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    import onnxruntime
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "opencv": cv2.__version__,
+        "os": platform.platform(),
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--sizes", default="480p,720p,1080p")
+    args = parser.parse_args()
+    OUT.mkdir(exist_ok=True)
+    home = Path(os.environ.get("LIVEFUSE_HOME") or default_home())
+    ModelStore(home).pull()
+    samples = SampleStore(home)
+    samples.pull()
+    demo = samples.demo_clip()
+    photo = samples.path("biden.jpg")
+    results = {"machine": machine(), "swapper": "mesh", "runs": {}}
+    with Engine(Settings(home=str(home))) as engine:
+        for name in args.sizes.split(","):
+            clip = make_clip(demo, SIZES[name], args.frames)
+            results["runs"][name] = [run_once(engine, photo, clip, mode) for mode in ("file", "file+encode", "live")]
+            print(name, json.dumps(results["runs"][name]), file=sys.stderr)
+    path = OUT / f"pipeline-{results['machine']['date']}.json"
+    path.write_text(json.dumps(results, indent=1))
+    print(table(results))
+    print(f"\nwrote {path}", file=sys.stderr)
+    return 0
+
+
+def table(results: dict) -> str:
+    rows = [
+        "| size | file fps | file+H.264 fps | live 30 fps: p50 / p95 / p99 ms | live dropped | analyze ms | swap ms | detector/frame | CPU % | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, (file, enc, live) in results["runs"].items():
+        lat = live["latency_ms"]
+        rows.append(
+            f"| {name} | {file['fps']} | {enc['fps']} | {lat['p50']} / {lat['p95']} / {lat['p99']} | "
+            f"{live['dropped']} of {live['frames_in']} | {file['analyze_ms_median']} | {file['swap_ms_median']} | "
+            f"{file['detector_per_frame']} | {file['cpu_percent']:.0f} | {file['peak_rss_mb']:.0f} |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""Tracking on the demo clip: how often the detector runs, how close tracked landmarks stay
+to per-frame detection, stable ids, faces entering and leaving; smoothing of a still face."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from livefuse.app import Engine
+from livefuse.config import Settings
+from livefuse.face.mesh import roi_from_detection, roi_from_landmarks
+from tests.helpers import frame_of
+
+DETECT_EVERY = 10
+
+
+@pytest.fixture(scope="module")
+def engine(livefuse_home):
+    with Engine(Settings(threads=2, home=str(livefuse_home), detect_every=DETECT_EVERY)) as e:
+        yield e
+
+
+def reference_landmarks(engine: Engine, image: np.ndarray) -> list[np.ndarray]:
+    """Per-frame ground truth: detect every face, then mesh it (two passes, no smoothing)."""
+    det, mesh = engine.detector(), engine.landmarker()
+    found = det.detect(image)
+    out = []
+    for box, kps in zip(found.boxes, found.kps):
+        pts, _ = mesh.landmarks(image, roi_from_detection(box, kps))
+        pts, _ = mesh.landmarks(image, roi_from_landmarks(pts))
+        out.append(pts)
+    return out
+
+
+@pytest.fixture(scope="module")
+def clip_run(engine, livefuse_home):
+    """Track the whole clip once; keep per-frame results (not the images)."""
+    from livefuse.samples import DemoClip
+
+    clip = DemoClip.load(livefuse_home / "samples" / "demo.json")
+    tracker = engine.tracker()
+    cap = cv2.VideoCapture(str(clip.path))
+    counts, ids, errors, calls = [], [], [], []
+    index = 0
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        faces = tracker.analyze(frame_of(image, index))
+        counts.append(len(faces))
+        ids.append(tuple(faces.track_ids.tolist()) if len(faces) else ())
+        calls.append(tracker.detector_calls)
+        if index < clip.segment("one_face").stop and index % 3 == 0 and len(faces):
+            ref = reference_landmarks(engine, image)
+            width = np.ptp(ref[0][:, 0])
+            err = np.linalg.norm(faces.landmarks[0, :, :2] - ref[0][:, :2], axis=1).mean()
+            errors.append(err / width)
+        index += 1
+    cap.release()
+    return clip, counts, ids, np.array(errors), np.array(calls)
+
+
+def test_detector_runs_on_at_most_a_fifth_of_frames(clip_run):
+    clip, _, _, _, calls = clip_run
+    one = clip.segment("one_face")
+    rate = (calls[one.stop - 1] - calls[one.start]) / (one.stop - one.start)
+    assert rate <= 1 / 5, f"detector ran on {rate:.0%} of frames"
+
+
+def test_tracked_landmarks_stay_close_to_per_frame_detection(clip_run):
+    _, _, _, errors, _ = clip_run
+    # Mean point distance, in face widths: 3 % is ~6 px on a 200 px face.
+    assert np.median(errors) < 0.03, np.median(errors)
+    assert np.percentile(errors, 95) < 0.06, np.percentile(errors, 95)
+
+
+def test_one_face_keeps_one_id(clip_run):
+    clip, counts, ids, _, _ = clip_run
+    one = clip.segment("one_face")
+    assert all(c == 1 for c in counts[one.start : one.stop])
+    assert len(set(ids[one.start : one.stop])) == 1
+
+
+def test_faces_entering_and_leaving_are_picked_up_and_dropped(clip_run):
+    clip, counts, ids, _, _ = clip_run
+    two, none = clip.segment("two_faces"), clip.segment("no_face")
+    # The cut to two people: both tracked within one detector period.
+    first = next(i for i in range(two.start, two.stop) if counts[i] == 2)
+    assert first - two.start <= DETECT_EVERY
+    assert all(c == 2 for c in counts[first : two.stop])
+    assert len(set(ids[first : two.stop])) == 1, "ids stay stable while both faces are in view"
+    # The cut to an empty scene: every track dropped within 2 frames, none comes back.
+    gone = next(i for i in range(none.start, none.stop) if counts[i] == 0)
+    assert gone - none.start <= 2
+    assert all(c == 0 for c in counts[gone : none.stop])
+
+
+def test_still_face_does_not_jitter(engine, livefuse_home):
+    """Sensor noise on a still face: smoothed landmarks move far less than raw ones."""
+    image = cv2.imread(str(livefuse_home / "samples" / "obama.jpg"))
+    image = cv2.resize(image, None, fx=0.4, fy=0.4)
+    rng = np.random.default_rng(0)
+    runs = {}
+    for smooth in (False, True):
+        tracker = engine.tracker()
+        tracker.config = type(tracker.config)(detect_every=DETECT_EVERY, smooth=smooth)
+        pts = []
+        for i in range(40):
+            noisy = np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+            pts.append(tracker.analyze(frame_of(noisy, i)).landmarks[0, :, :2])
+        runs[smooth] = np.linalg.norm(np.diff(np.array(pts[10:]), axis=0), axis=2).mean()
+    assert runs[True] < 0.5 * runs[False], runs
