@@ -22,7 +22,6 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import av
@@ -168,7 +167,8 @@ def main() -> int:
 
 def table(results: dict) -> str:
     rows = [
-        "| size | file fps | file+H.264 fps | live 30 fps: p50 / p95 / p99 ms | live dropped | analyze ms | swap ms | detector/frame | CPU % | peak RSS MB |",
+        "| size | file fps | file+H.264 fps | live 30 fps: p50 / p95 / p99 ms | live dropped "
+        "| analyze ms | swap ms | detector/frame | CPU % | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, (file, enc, live) in results["runs"].items():

@@ -17,7 +17,7 @@ log = logging.getLogger("livefuse")
 #: Settings that every swapping command takes, as (flag, settings key, argparse kwargs).
 _SWAP_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--source", "source", {"metavar": "FACE.jpg", "help": "photo of the face to put onto people"}),
-    ("--keep-mouth", "keep_mouth", {"action": "store_const", "const": True, "help": "keep the target's mouth interior"}),
+    ("--keep-mouth", "keep_mouth", {"action": "store_const", "const": True, "help": "keep the target's own mouth"}),
     ("--opacity", "opacity", {"type": float, "help": "0..1, how fully the face is replaced (1)"}),
     ("--no-colour", "colour", {"action": "store_const", "const": False, "help": "skip colour/lighting matching"}),
     ("--detect-every", "detect_every", {"type": int, "metavar": "K", "help": "run the detector every K frames (10)"}),
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     cam.add_argument("--size", default=None, metavar="WxH", help="requested capture size, e.g. 1280x720")
     cam.add_argument("--fps", type=float, default=None, help="requested capture rate")
     cam.add_argument("--vcam", action="store_const", const=True, default=None, help="send to a virtual camera")
-    cam.add_argument("--vcam-device", dest="vcam_device", default=None, help="virtual camera device (Linux: /dev/videoN)")
+    cam.add_argument("--vcam-device", dest="vcam_device", default=None, help="virtual camera (Linux: /dev/videoN)")
     cam.add_argument("--vcam-backend", dest="vcam_backend", default=None, help="v4l2loopback, obs or unitycapture")
     cam.add_argument("--preview", action="store_const", const=True, default=None, help="show a preview window")
     cam.add_argument("--record", type=Path, default=None, metavar="OUT.mp4", help="also write the output to a file")

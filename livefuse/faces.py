@@ -64,8 +64,9 @@ class Faces:
     def __getitem__(self, index: Any) -> Faces:
         if isinstance(index, (int, np.integer)):
             index = [int(index)]
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return Faces(**{k: None if v is None else v[index] for k, v in values.items()})
+        values: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        picked: dict[str, Any] = {k: None if v is None else v[index] for k, v in values.items()}
+        return Faces(**picked)
 
     @property
     def areas(self) -> np.ndarray:

@@ -86,3 +86,22 @@ def texture_similarity(a: np.ndarray, b: np.ndarray) -> float:
     interior = ((a > 0) & (b > 0)).astype(np.uint8)
     interior = cv2.erode(interior, np.ones((45, 45), np.uint8)) > 0
     return float(np.corrcoef(detail(a)[interior], detail(b)[interior])[0, 1])
+
+
+class NoFaces:
+    """An analyzer that finds nothing (for tests of sources and sinks)."""
+
+    detector_calls = 0
+
+    def analyze(self, frame: Frame) -> Faces:
+        return Faces.empty()
+
+    def reset(self) -> None:
+        """Nothing to forget."""
+
+
+class Untouched:
+    """A swapper that leaves frames as they are."""
+
+    def swap(self, image: np.ndarray, faces: Faces) -> None:
+        """Write nothing."""

@@ -48,7 +48,8 @@ def count_frames(path: Path) -> int:
 
 def test_run_swaps_every_frame_and_prints_summary(home, short_clip, tmp_path, capsys):
     out = tmp_path / "out.mp4"
-    code = main(["run", "--source", str(home / "samples" / "biden.jpg"), "--input", str(short_clip), "--output", str(out)])
+    code = main(["run", "--source", str(home / "samples" / "biden.jpg"), "--input", str(short_clip),
+                 "--output", str(out)])
     assert code == 0
     assert count_frames(out) == 24
     summary = capsys.readouterr().out.strip().splitlines()[-1]
@@ -77,7 +78,8 @@ def test_demo_writes_video_and_still(home, tmp_path, capsys):
 def test_unreadable_input_exits_1_with_reason(home, tmp_path, caplog, make, message):
     bad = tmp_path / "broken.mp4"
     make(bad)
-    code = main(["run", "--source", str(home / "samples" / "biden.jpg"), "--input", str(bad), "--output", str(tmp_path / "o.mp4")])
+    photo = str(home / "samples" / "biden.jpg")
+    code = main(["run", "--source", photo, "--input", str(bad), "--output", str(tmp_path / "o.mp4")])
     assert code == 1
     assert str(bad) in caplog.text
     assert not (tmp_path / "o.mp4").exists()
@@ -92,7 +94,8 @@ def test_source_without_face_exits_1(home, short_clip, tmp_path, caplog):
 
 
 def test_camera_that_cannot_open_exits_1_quickly(home, tmp_path, caplog):
-    code = main(["cam", "--source", str(home / "samples" / "biden.jpg"), "--camera", "/dev/video99", "--record", str(tmp_path / "r.mp4")])
+    photo = str(home / "samples" / "biden.jpg")
+    code = main(["cam", "--source", photo, "--camera", "/dev/video99", "--record", str(tmp_path / "r.mp4")])
     assert code == 1
     assert "/dev/video99" in caplog.text
 
@@ -116,7 +119,8 @@ def test_tampered_model_is_refused(livefuse_home, short_clip, tmp_path, monkeypa
         fh.seek(5000)
         fh.write(b"\x00" * 64)
     monkeypatch.setenv("LIVEFUSE_HOME", str(copy))
-    code = main(["run", "--source", str(livefuse_home / "samples" / "biden.jpg"), "--input", str(short_clip), "--output", str(tmp_path / "o.mp4")])
+    photo = str(livefuse_home / "samples" / "biden.jpg")
+    code = main(["run", "--source", photo, "--input", str(short_clip), "--output", str(tmp_path / "o.mp4")])
     assert code == 1
     assert "face_mesh" in caplog.text and "livefuse models pull" in caplog.text
 

@@ -33,6 +33,7 @@ from livefuse.io import (
 from livefuse.io.sinks import display_problem
 from livefuse.pipeline import Pipeline
 from livefuse.pipeline.stages import SourceInfo
+from tests.helpers import NoFaces, Untouched
 
 W, H = 128, 96
 
@@ -100,19 +101,8 @@ def decode_video(path: Path) -> tuple[list[np.ndarray], av.VideoStream, Fraction
         return images, stream, Fraction(stream.average_rate or 0)
 
 
-class NoFaces:
-    detector_calls = 0
-
-    def analyze(self, frame: Frame) -> Faces:
-        return Faces.empty()
-
-    def reset(self) -> None:
-        pass
 
 
-class Untouched:
-    def swap(self, image: np.ndarray, faces: Faces) -> None:
-        pass
 
 
 def run_to(source: object, *sinks: object) -> None:

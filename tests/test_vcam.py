@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from livefuse.errors import OutputError, StreamEnded
-from livefuse.faces import Faces
 from livefuse.frame import Frame
 from livefuse.io.vcam import LINUX_MODPROBE, VirtualCameraSink, no_device_message
 from livefuse.pipeline import Pipeline
 from livefuse.pipeline.stages import SourceInfo
+from tests.helpers import NoFaces, Untouched
 
 pyvirtualcam = pytest.importorskip("pyvirtualcam")
 
@@ -81,17 +81,8 @@ class ColourSource:
         pass
 
 
-class NoFaces:
-    def analyze(self, frame: Frame) -> Faces:
-        return Faces.empty()
-
-    def reset(self) -> None:
-        pass
 
 
-class Untouched:
-    def swap(self, image: np.ndarray, faces: Faces) -> None:
-        pass
 
 
 def test_frames_arrive_with_the_right_size_format_and_content(

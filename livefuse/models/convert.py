@@ -24,9 +24,9 @@ if TYPE_CHECKING:
 PRODUCER_NAME = "livefuse"
 PRODUCER_VERSION = "1"
 
-#: tflite2onnx is optional: only ``livefuse models pull`` needs it, for the face mesh.
+#: Only ``livefuse models pull`` needs tflite2onnx (for the face mesh), so it is imported lazily.
 TFLITE2ONNX_PIN = "tflite2onnx==0.4.1"
-_TFLITE2ONNX_HINT = f'pip install "livefuse[convert]" (or pip install {TFLITE2ONNX_PIN})'
+_TFLITE2ONNX_HINT = f"pip install {TFLITE2ONNX_PIN} (a livefuse dependency missing from this environment)"
 
 
 def canonicalize(model: onnx.ModelProto) -> bytes:

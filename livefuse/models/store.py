@@ -593,7 +593,7 @@ class ModelStore:
                 f"model {spec.name!r}: the converted model has sha256 {short(digest)} but "
                 f"{short(spec.sha256)} is pinned; the conversion tools differ from the tested "
                 f"ones ({tool_versions()}): install livefuse's pinned versions with "
-                'pip install "livefuse[convert]", or copy a converted '
+                "pip install tflite2onnx==0.4.1 onnx==1.23.2, or copy a converted "
                 f"{spec.filename} from another machine and use 'livefuse models pull --from DIR'"
             )
         check_contract(spec, data)

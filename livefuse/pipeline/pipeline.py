@@ -27,8 +27,6 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from types import TracebackType
 
-import numpy as np
-
 from livefuse.buffers import FramePool, FrameQueue, Policy, QueueClosed
 from livefuse.errors import StreamEnded
 from livefuse.frame import Frame

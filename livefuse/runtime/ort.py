@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -61,7 +62,7 @@ class OrtRunner(Runner):
         self.path = path
         self._requested = providers
         self._threads = threads
-        self._session: object | None = None
+        self._session: Any = None
 
     def activate_impl(self) -> None:
         import onnxruntime as ort
@@ -82,7 +83,7 @@ class OrtRunner(Runner):
         log.info("model %s runs on %s", self.name, self.provider)
 
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        return self._session.run(None, dict(feeds))  # type: ignore[attr-defined, no-any-return]
+        return self._session.run(None, dict(feeds))  # type: ignore[no-any-return]
 
     def close_impl(self) -> None:
         self._session = None
@@ -91,12 +92,12 @@ class OrtRunner(Runner):
     def provider(self) -> str:
         if self._session is None:
             return "inactive"
-        return str(self._session.get_providers()[0])  # type: ignore[attr-defined]
+        return str(self._session.get_providers()[0])
 
     @property
     def inputs(self) -> list[TensorSpec]:
-        return [_spec(a) for a in self._session.get_inputs()]  # type: ignore[attr-defined]
+        return [_spec(a) for a in self._session.get_inputs()]
 
     @property
     def outputs(self) -> list[TensorSpec]:
-        return [_spec(a) for a in self._session.get_outputs()]  # type: ignore[attr-defined]
+        return [_spec(a) for a in self._session.get_outputs()]

@@ -64,7 +64,9 @@ def analyse_source(
     # A second pass from the mesh's own crop is what the tracker sees: more accurate.
     points, presence = landmarker.landmarks(image, roi_from_landmarks(points))
     if presence < 0.5:
-        raise NoFaceError(f"the face in the source {name} is too unclear for the face mesh; use a sharper, frontal photo")
+        raise NoFaceError(
+            f"the face in the source {name} is too unclear for the face mesh; use a sharper, frontal photo"
+        )
     return _crop(image, points, len(faces))
 
 
