@@ -402,11 +402,22 @@ class StreamSource(_LiveSource):
         super().__init__(stall_timeout_s, capture_factory or self._ffmpeg_capture)
         self.url = url
         self.open_timeout_s = open_timeout_s
+        self._length = 0
 
     @property
     def name(self) -> str:
         """``stream rtsp://host/path`` without user or password."""
         return f"stream {_redact(self.url)}"
+
+    def _configure(self, cap: Capture) -> None:
+        # A URL of a finite file (http://host/clip.mp4) has a frame count; a live feed has 0.
+        self._length = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+
+    def read(self, image: np.ndarray) -> int:
+        """The next frame; ``StreamEnded`` once a finite stream has delivered all of it."""
+        if self._length and self._frames >= self._length:
+            raise StreamEnded(f"{self.name} ended after {self._frames} frames")
+        return super().read(image)
 
     def _target(self) -> int | str:
         return self.url
