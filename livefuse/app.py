@@ -3,20 +3,38 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
+
+import numpy as np
 
 from livefuse.config import Settings
+from livefuse.errors import ConfigError, ModelError
 from livefuse.face.detect import CenterFaceDetector, DetectorConfig
 from livefuse.face.mesh import MeshLandmarker
+from livefuse.face.topology import five_points
 from livefuse.face.track import FaceTracker, TrackerConfig
 from livefuse.models.store import ModelStore, default_home
+from livefuse.neural.build import check_role, crop_spec
+from livefuse.neural.crop import CropSpec
+from livefuse.neural.models import Enhancer, Occluder, Parser, Recognizer, SwapModel, read_emap
+from livefuse.neural.select import FaceSelector, Mapping, SelectingSwapper
+from livefuse.neural.swapper import NeuralConfig, NeuralSwapper
+from livefuse.pipeline.stages import Swapper
+from livefuse.runtime.base import Runner
 from livefuse.runtime.ort import OrtRunner
 from livefuse.swap.mesh import MeshSwapConfig, MeshSwapper
-from livefuse.swap.source import analyse_source, read_image
+from livefuse.swap.source import SourceFace, analyse_source, read_image
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: The ArcFace record the neural swappers and ``map`` mode use.
+RECOGNIZER = "w600k_r50"
 
 
 def home_of(settings: Settings) -> Path:
@@ -27,40 +45,133 @@ def home_of(settings: Settings) -> Path:
 class Engine:
     """The model runners and the stages built on them. Close it (or use ``with``) to free
     the sessions. Each ``tracker()``/``swapper()`` call makes a fresh stage; a stage is used
-    by one thread."""
+    by one thread. Runners are created once per model and shared."""
 
     def __init__(self, settings: Settings, store: ModelStore | None = None) -> None:
         self.settings = settings
         self.store = store or ModelStore(home_of(settings))
         self._stack = ExitStack()
-        providers = settings.providers.split(",") if settings.providers else None
-        self._runners = {
-            name: self._stack.enter_context(
-                OrtRunner(self.store.path(name), name=name, providers=providers, threads=settings.threads)
-            )
-            for name in ("centerface", "face_mesh")
-        }
+        self._providers = settings.providers.split(",") if settings.providers else None
+        self._runners: dict[str, Runner] = {}
+        for name in ("centerface", "face_mesh"):
+            self.runner(name)
+
+    def runner(self, name: str) -> Runner:
+        """The (shared, activated) runner of an installed model."""
+        if name not in self._runners:
+            path = self.store.path(name)
+            runner = OrtRunner(path, name=name, providers=self._providers, threads=self.settings.threads)
+            self._runners[name] = self._stack.enter_context(runner)
+        return self._runners[name]
 
     def detector(self) -> CenterFaceDetector:
         s = self.settings
-        return CenterFaceDetector(
-            self._runners["centerface"], DetectorConfig(s.detect_size, s.detect_threshold)
-        )
+        return CenterFaceDetector(self.runner("centerface"), DetectorConfig(s.detect_size, s.detect_threshold))
 
     def landmarker(self) -> MeshLandmarker:
-        return MeshLandmarker(self._runners["face_mesh"])
+        return MeshLandmarker(self.runner("face_mesh"))
 
     def tracker(self) -> FaceTracker:
         s = self.settings
         config = TrackerConfig(detect_every=s.detect_every, max_faces=s.max_faces, smooth=s.smooth)
         return FaceTracker(self.detector(), self.landmarker(), config)
 
-    def swapper(self, photo: Path) -> MeshSwapper:
-        """The mesh swapper for the face in ``photo`` (analysed once, here)."""
-        source = analyse_source(read_image(photo), self.detector(), self.landmarker(), f"photo {photo}")
+    def source_face(self, photo: Path) -> tuple[np.ndarray, SourceFace]:
+        """The photo and its analysed face (largest one), read and checked once."""
+        image = read_image(photo)
+        return image, analyse_source(image, self.detector(), self.landmarker(), f"photo {photo}")
+
+    def swapper(self, photo: Path) -> Swapper:
+        """The swap stage for the face in ``photo``, as the settings ask (swapper, modes)."""
         s = self.settings
-        config = MeshSwapConfig(keep_mouth=s.keep_mouth, colour=s.colour, opacity=s.opacity)
-        return MeshSwapper(source, config)
+        if s.faces not in ("one", "many", "map"):
+            raise ConfigError(f"faces must be one, many or map, not {s.faces!r}")
+        if s.faces == "map" and not s.mapping:
+            raise ConfigError("--faces map needs at least one --map REF.jpg=SRC.jpg")
+        photos = [photo] if s.faces != "map" else [Path(src) for _, src in s.mapping]
+        recognizer = self.recognizer() if (s.swapper != "mesh" or s.faces == "map") else None
+        selector = FaceSelector(s.faces, self._mapping(recognizer) if s.faces == "map" else None)
+        inner: MeshSwapper | NeuralSwapper
+        if s.swapper == "mesh":
+            config = MeshSwapConfig(keep_mouth=s.keep_mouth or "mouth" in s.masks, colour=s.colour, opacity=s.opacity)
+            inner = MeshSwapper([self.source_face(p)[1] for p in photos], config)
+        else:
+            assert recognizer is not None
+            inner = self._neural(photos, recognizer)
+        return SelectingSwapper(inner, selector, recognizer)
+
+    def recognizer(self) -> Recognizer:
+        try:
+            spec = self.store.spec(RECOGNIZER)
+            return Recognizer(self.runner(RECOGNIZER), crop_spec(spec))
+        except ModelError as exc:
+            raise ModelError(
+                f"{exc}\nNeural swappers and --faces map need the ArcFace recognizer {RECOGNIZER}; "
+                "without it, --swapper mesh (the default) works with --faces one or many."
+            ) from exc
+
+    def _identity(self, photo: Path, recognizer: Recognizer) -> np.ndarray:
+        image, face = self.source_face(photo)
+        points = face.points[None, :, :2] + np.asarray(face.origin, np.float32)
+        return recognizer.normed(image, five_points(points))[0]
+
+    def _mapping(self, recognizer: Recognizer | None) -> Mapping:
+        if recognizer is None:
+            raise ConfigError(f"--faces map needs the ArcFace recognizer: livefuse models pull {RECOGNIZER}")
+        refs = np.stack([self._identity(Path(ref), recognizer) for ref, _ in self.settings.mapping])
+        return Mapping(refs, self.settings.map_threshold)
+
+    def _neural(self, photos: list[Path], recognizer: Recognizer) -> NeuralSwapper:
+        s = self.settings
+        spec = self.store.spec(s.swapper)
+        check_role(spec, "swapper")
+        path = self.store.path(s.swapper)
+        io = spec.io
+        if io is None or io.latent is None:
+            raise ModelError(f"manifest record {s.swapper!r} lacks its io table or latent kind")
+        # Exports order the two inputs differently: the image is the 4-D one.
+        image = next(t for t in spec.inputs if len(t.shape) == 4)
+        latent = next(t for t in spec.inputs if len(t.shape) == 2)
+        model = SwapModel(
+            self.runner(s.swapper),
+            crop_spec(spec),
+            io.latent,
+            read_emap(path) if io.latent == "emap" else None,
+            target_name=image.name,
+            source_name=latent.name,
+        )
+        latents = np.stack([model.latent(self._identity(p, recognizer)) for p in photos])
+        config = NeuralConfig(
+            keep_mouth=s.keep_mouth or "mouth" in s.masks,
+            colour=s.colour,
+            sharpness=s.sharpness,
+            opacity=s.opacity,
+            enhance_every=s.enhance_every,
+            enhance_strength=s.enhance_strength,
+        )
+        return NeuralSwapper(
+            model,
+            latents,
+            config,
+            enhancer=self._stage(s.enhancer, "enhancer", Enhancer) if s.enhancer else None,
+            occluder=self._stage(self._one_of("occluder"), "occlusion", Occluder) if "occlusion" in s.masks else None,
+            parser=self._stage(self._one_of("parser"), "parser", Parser) if "parser" in s.masks else None,
+        )
+
+    def _one_of(self, role: str) -> str:
+        """The first installed model of ``role`` (the manifest lists the preferred first)."""
+        names = [st.name for st in self.store.list() if st.role == role]
+        installed = [st.name for st in self.store.list() if st.role == role and st.verified]
+        if not installed:
+            raise ModelError(
+                f"no {role} model is installed: livefuse models pull {names[0] if names else role}"
+            )
+        return installed[0]
+
+    def _stage(self, name: str, setting: str, kind: Callable[[Runner, CropSpec], T]) -> T:
+        spec = self.store.spec(name)
+        check_role(spec, setting)
+        return kind(self.runner(name), crop_spec(spec))
 
     def close(self) -> None:
         self._stack.close()

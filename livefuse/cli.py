@@ -17,6 +17,15 @@ log = logging.getLogger("livefuse")
 #: Settings that every swapping command takes, as (flag, settings key, argparse kwargs).
 _SWAP_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--source", "source", {"metavar": "FACE.jpg", "help": "photo of the face to put onto people"}),
+    ("--swapper", "swapper", {"metavar": "MODEL", "help": "mesh (built in) or inswapper_128, hyperswap_1a_256, …"}),
+    ("--enhancer", "enhancer", {"metavar": "MODEL", "help": "face enhancer: gfpgan_1.4, gpen_bfr_256, gpen_bfr_512"}),
+    ("--enhance-every", "enhance_every", {"type": int, "metavar": "N", "help": "enhance each face every N frames (4)"}),
+    ("--enhance-strength", "enhance_strength", {"type": float, "help": "0..1 blend of the enhanced face (0.8)"}),
+    ("--mask", "mask", {"metavar": "LIST", "help": "extra masks: occlusion,parser,mouth"}),
+    ("--faces", "faces", {"choices": ["one", "many", "map"], "help": "which faces to swap (many)"}),
+    ("--map", "map", {"action": "append", "metavar": "REF.jpg=SRC.jpg", "help": "map mode: REF's face gets SRC's"}),
+    ("--map-threshold", "map_threshold", {"type": float, "help": "map mode: similarity needed (0.35)"}),
+    ("--sharpness", "sharpness", {"type": float, "help": "sharpen the swapped face, 0..1 (0)"}),
     ("--keep-mouth", "keep_mouth", {"action": "store_const", "const": True, "help": "keep the target's own mouth"}),
     ("--opacity", "opacity", {"type": float, "help": "0..1, how fully the face is replaced (1)"}),
     ("--no-colour", "colour", {"action": "store_const", "const": False, "help": "skip colour/lighting matching"}),
@@ -64,9 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="install and list models")
     models_cmd = models.add_subparsers(dest="action", required=True)
-    pull = models_cmd.add_parser("pull", help="install the built-in models")
+    pull = models_cmd.add_parser("pull", help="install the built-in models, or the named ones")
+    pull.add_argument("names", nargs="*", metavar="NAME", help="models to install (default: the built-in set)")
     pull.add_argument("--from", dest="from_dir", type=Path, help="install from files in DIR (offline)")
     pull.add_argument("--home", default=None)
+    add = models_cmd.add_parser("add", help="register a model file you already have")
+    add.add_argument("name", metavar="NAME", help="manifest name, e.g. inswapper_128")
+    add.add_argument("path", type=Path, metavar="PATH", help="the .onnx file")
+    add.add_argument("--home", default=None)
     listing = models_cmd.add_parser("list", help="show installed models")
     listing.add_argument("--home", default=None)
 
@@ -75,12 +89,24 @@ def build_parser() -> argparse.ArgumentParser:
     spull = samples_cmd.add_parser("pull", help="get the sample media")
     spull.add_argument("--from", dest="from_dir", type=Path, help="install from files in DIR (offline)")
     spull.add_argument("--home", default=None)
+
+    serve = commands.add_parser("serve", help="web demo page, WHIP ingest and OBS viewers (WebRTC)")
+    _add_swap_options(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1); others need a token")
+    serve.add_argument("--port", type=int, default=8080, help="TCP port (8080; 0 picks a free one)")
+    serve.add_argument("--token", default=None, help="access token (generated and printed when --host is not local)")
+    serve.add_argument("--max-sessions", dest="max_sessions", type=int, default=4, help="concurrent streams (4)")
+    serve.add_argument("--vcam", action="store_const", const=True, default=None, help="also send to a virtual camera")
+    serve.add_argument("--vcam-device", dest="vcam_device", default=None, help="virtual camera (Linux: /dev/videoN)")
+    serve.add_argument("--vcam-backend", dest="vcam_backend", default=None, help="v4l2loopback, obs or unitycapture")
     return parser
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     known = set(Settings.__dataclass_fields__)
     cli = {k: v for k, v in vars(args).items() if k in known and v is not None}
+    if isinstance(cli.get("map"), list):
+        cli["map"] = ",".join(cli["map"])
     return load_settings(cli, config=args.config)
 
 
@@ -100,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": commands.demo,
         "models": commands.models,
         "samples": commands.samples,
+        "serve": commands.serve,
     }
     try:
         settings = _settings(args)

@@ -192,8 +192,11 @@ def _write_side_by_side(clip: Path, index: int, swapped: np.ndarray | None, path
 def models(args: argparse.Namespace, settings: Settings) -> int:
     store = ModelStore(home_of(settings))
     if args.action == "pull":
-        for path in store.pull(from_dir=args.from_dir, log=log.info):
+        for path in store.pull(args.names or None, from_dir=args.from_dir, log=log.info):
             print(path)
+        return 0
+    if args.action == "add":
+        print(store.add(args.name, args.path))
         return 0
     for status in store.list():
         state = "verified" if status.verified else "CORRUPT" if status.installed else "missing"
@@ -206,3 +209,21 @@ def samples(args: argparse.Namespace, settings: Settings) -> int:
     store.pull(from_dir=args.from_dir, log=log.info)
     print(store.demo_clip())
     return 0
+
+
+#: What ``livefuse serve`` needs beyond the core install (the ``webrtc`` extra).
+_WEBRTC_MODULES = frozenset({"aiortc", "aiohttp", "aioice"})
+
+
+def serve(args: argparse.Namespace, settings: Settings) -> int:
+    """The web demo page, WHIP ingest and WHEP/OBS viewers, until Ctrl-C."""
+    try:
+        from livefuse import web
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in _WEBRTC_MODULES:
+            raise
+        raise ConfigError(
+            f'livefuse serve needs aiortc and aiohttp ({exc.name} is missing): pip install "livefuse[webrtc]"'
+        ) from exc
+    config = web.ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions)
+    return web.serve(config, settings)

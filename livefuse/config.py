@@ -39,8 +39,24 @@ class Settings:
     vcam_backend: str | None = None
     "pyvirtualcam backend: v4l2loopback (Linux), obs, unitycapture (Windows)."
     preview: bool = False
+    swapper: str = "mesh"
+    "'mesh' (built in, no weights) or a swapper model: inswapper_128, inswapper_128_fp16, hyperswap_1a_256."
+    enhancer: str | None = None
+    "A face enhancer model (gfpgan_1.4, gpen_bfr_256, gpen_bfr_512) run on swapped faces."
+    enhance_every: int = 4
+    "Run the enhancer every N frames per face; in between its last detail is re-warped."
+    enhance_strength: float = 0.8
+    mask: str = ""
+    "Comma-separated extra masks: occlusion (XSeg), parser (BiSeNet face parts), mouth."
+    faces: str = "many"
+    "Which faces to swap: one (the largest/most central), many (all), map (per identity)."
+    map: str | None = None
+    "map mode: comma-separated REF.jpg=SRC.jpg pairs (faces like REF get SRC's face)."
+    map_threshold: float = 0.35
+    "map mode: cosine similarity a face needs with a reference to be swapped."
     keep_mouth: bool = False
     opacity: float = 1.0
+    sharpness: float = 0.0
     colour: bool = True
     detect_every: int = 10
     detect_size: int = 640
@@ -55,6 +71,28 @@ class Settings:
     home: str | None = None
     "Where models and samples live (default: $LIVEFUSE_HOME or the user cache dir)."
     log_level: str = "INFO"
+
+    @property
+    def masks(self) -> set[str]:
+        """The extra masks asked for, validated."""
+        names = {m.strip() for m in self.mask.split(",") if m.strip()}
+        unknown = names - {"occlusion", "parser", "mouth"}
+        if unknown:
+            raise ConfigError(f"unknown mask(s) {', '.join(sorted(unknown))}: use occlusion, parser, mouth")
+        return names
+
+    @property
+    def mapping(self) -> list[tuple[str, str]]:
+        """``map`` as (reference photo, source photo) pairs."""
+        pairs = []
+        for item in (self.map or "").split(","):
+            if not item.strip():
+                continue
+            ref, sep, src = item.partition("=")
+            if not sep or not ref.strip() or not src.strip():
+                raise ConfigError(f"map entry {item!r} is not REF.jpg=SRC.jpg")
+            pairs.append((ref.strip(), src.strip()))
+        return pairs
 
     @property
     def capture_size(self) -> tuple[int, int] | None:

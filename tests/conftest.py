@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from livefuse.models.store import ModelStore, PackageSource, pip_download, sha256_file
+from livefuse.models.store import ModelStore, PackageSource, package_sources, pip_download, sha256_file
 from livefuse.samples import DemoClip, SampleStore, make_demo_clip
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _packages(models: ModelStore, samples: SampleStore) -> dict[str, PackageSource]:
-    sources = [s.source for s in models.manifest.values()]
+    sources = list(package_sources(models.manifest))
     sources += [s.source for s in samples.catalog.values()]
     return {s.file: s for s in sources}
 

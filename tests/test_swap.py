@@ -71,7 +71,7 @@ def test_swapped_face_keeps_target_pose_and_looks_like_source(engine, livefuse_h
 
 def test_keep_mouth_leaves_mouth_interior(engine, sample_store, group):
     image, faces = group
-    swapper = MeshSwapper(engine.swapper(sample_store.path("biden.jpg")).source, MeshSwapConfig(keep_mouth=True))
+    swapper = MeshSwapper(engine.source_face(sample_store.path("biden.jpg"))[1], MeshSwapConfig(keep_mouth=True))
     out = image.copy()
     swapper.swap(out, faces)
     mouth = np.zeros(image.shape[:2], np.uint8)

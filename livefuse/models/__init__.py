@@ -1,21 +1,39 @@
-"""The built-in models: manifest, store (``livefuse models pull/list``) and converters."""
+"""Models: manifest, store (``livefuse models pull/add/list``), downloads, converters, stand-ins.
 
+:mod:`livefuse.models.standins` (stand-in ONNX models for tests and benchmarks) is not imported
+here: it needs the ``onnx`` package at import time.
+"""
+
+from livefuse.models.download import HttpOptions
 from livefuse.models.store import (
+    IoSpec,
+    LocalRecord,
     ModelSpec,
     ModelStatus,
     ModelStore,
     PackageSource,
     TensorContract,
+    UrlSource,
+    check_contract,
     default_home,
+    load_emap,
     load_manifest,
+    load_templates,
 )
 
 __all__ = [
+    "HttpOptions",
+    "IoSpec",
+    "LocalRecord",
     "ModelSpec",
     "ModelStatus",
     "ModelStore",
     "PackageSource",
     "TensorContract",
+    "UrlSource",
+    "check_contract",
     "default_home",
+    "load_emap",
     "load_manifest",
+    "load_templates",
 ]

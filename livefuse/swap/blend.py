@@ -82,35 +82,36 @@ def _fixed(points: np.ndarray) -> np.ndarray:
 SHADING_CELLS = 6
 
 
-def match_colour(
-    warped: np.ndarray, target: np.ndarray, alpha: np.ndarray, scratch: Scratch
-) -> np.ndarray:
-    """``warped`` recoloured to the target: chroma by mean/std transfer in Lab, lightness by
-    the ratio of the two faces' low-frequency lightness (carries the target's shading).
+def match_colour(warped: np.ndarray, target: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``warped`` (BGR uint8) recoloured to ``target``: chroma by mean/std transfer in
+    YCrCb over the pixels where ``alpha`` > 0.5, luma by the ratio of the two faces'
+    low-frequency luma (which carries the target's shading). Returns BGR uint8.
 
-    Returns float32 BGR in 0..255 (a scratch view).
+    YCrCb rather than Lab: its conversions are linear and ~6× cheaper, and the chroma
+    statistics it gives are as good for skin.
     """
-    src = cv2.cvtColor(warped, cv2.COLOR_BGR2LAB)
-    dst = cv2.cvtColor(target, cv2.COLOR_BGR2LAB)
-    inside = (alpha > 0.5).astype(np.uint8)
+    inside = (alpha > 0.5).view(np.uint8)
     if cv2.countNonZero(inside) < 16:
-        return warped.astype(np.float32)
-    s_mean, s_std = cv2.meanStdDev(src, mask=inside)
-    t_mean, t_std = cv2.meanStdDev(dst, mask=inside)
-    out = scratch.get("lab", src.shape, np.float32)
-    np.copyto(out, src, casting="unsafe")
-    gain = (t_std.ravel() + 1) / (s_std.ravel() + 1)
-    out[..., 1:] = (out[..., 1:] - s_mean.ravel()[1:]) * gain[1:] + t_mean.ravel()[1:]
-    out[..., 0] *= _shading(src[..., 0], dst[..., 0], inside)
-    np.clip(out, 0, 255, out=out)
-    bgr = cv2.cvtColor(out.astype(np.uint8), cv2.COLOR_LAB2BGR)
-    result = scratch.get("recoloured", bgr.shape, np.float32)
-    np.copyto(result, bgr, casting="unsafe")
-    return result
+        return warped
+    src = cv2.cvtColor(warped, cv2.COLOR_BGR2YCrCb)
+    dst = cv2.cvtColor(target, cv2.COLOR_BGR2YCrCb)
+    s_mean, s_std = (v.ravel() for v in cv2.meanStdDev(src, mask=inside))
+    t_mean, t_std = (v.ravel() for v in cv2.meanStdDev(dst, mask=inside))
+    gain = (t_std + 1) / (s_std + 1)
+    # One per-pixel affine map in C: Cr and Cb shifted and scaled, Y left for the shading.
+    chroma = np.zeros((3, 4), np.float32)
+    chroma[0, 0] = 1
+    for c in (1, 2):
+        chroma[c, c] = gain[c]
+        chroma[c, 3] = t_mean[c] - s_mean[c] * gain[c]
+    ycc = cv2.transform(src, chroma)
+    luma = cv2.multiply(src[..., 0], _shading(src[..., 0], dst[..., 0], inside), dtype=cv2.CV_8U)
+    cv2.insertChannel(luma, ycc, 0)
+    return cv2.cvtColor(ycc, cv2.COLOR_YCrCb2BGR)
 
 
 def _shading(src_l: np.ndarray, dst_l: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    """Per-pixel lightness gain target/source from masked, blurred low-resolution copies."""
+    """Per-pixel luma gain target/source from masked, blurred low-resolution copies."""
     size = low_res(src_l.shape[:2], max(1, src_l.shape[1] // SHADING_CELLS))
     m = cv2.resize(inside.astype(np.float32), size, interpolation=cv2.INTER_AREA)
     k = (3, 3)
@@ -123,14 +124,10 @@ def _shading(src_l: np.ndarray, dst_l: np.ndarray, inside: np.ndarray) -> np.nda
 
 
 def blend_into(region: np.ndarray, face: np.ndarray, alpha: np.ndarray, scratch: Scratch) -> None:
-    """``region`` (uint8 view into the frame) ← region + alpha·(face − region), in place.
+    """``region`` (uint8 view into the frame) ← region·(1 − alpha) + face·alpha, in place.
 
     Where alpha is 0 the pixel is written back unchanged, byte for byte.
     """
-    acc = scratch.get("blend", region.shape, np.float32)
-    np.copyto(acc, region, casting="unsafe")
-    np.subtract(face, acc, out=face)
-    face *= alpha[..., None]
-    acc += face
-    np.rint(acc, out=acc)
-    np.copyto(region, acc, casting="unsafe")
+    rest = scratch.get("blend_rest", alpha.shape, np.float32)
+    np.subtract(1.0, alpha, out=rest)
+    cv2.blendLinear(region, face, rest, alpha, dst=region)

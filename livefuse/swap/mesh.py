@@ -3,6 +3,7 @@ triangles, colour and lighting matched, blended with a feathered mask — face r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -85,39 +86,47 @@ class MeshSwapper:
     are written back byte-identical. Not thread-safe (one instance per swap thread).
     """
 
-    def __init__(self, source: SourceFace, config: MeshSwapConfig = MeshSwapConfig()) -> None:
+    def __init__(
+        self, source: SourceFace | Sequence[SourceFace], config: MeshSwapConfig = MeshSwapConfig()
+    ) -> None:
         self.config = config
-        self.source = source
+        self.sources = [source] if isinstance(source, SourceFace) else list(source)
+        self.source = self.sources[0]
+        self._textures = [_Texture.of(s) for s in self.sources]
         self._scratch: list[Scratch] = []
         "One set of work arrays per face slot, so all faces can be computed before writing."
-        self._levels = _pyramid(source)
-        self.triangles = triangulate(with_ring(source.points[:, :2]))
         self.faces_swapped = 0
 
-    def swap(self, image: np.ndarray, faces: Faces) -> None:
-        """Put the source face onto each face of ``faces`` (which must carry landmarks).
+    @property
+    def triangles(self) -> np.ndarray:
+        """The first source's triangles (indices into the mesh points plus the outer ring)."""
+        return self._textures[0].triangles
 
-        All or nothing: every face is computed before any pixel is written.
-        """
-        if not len(faces):
-            return
+    def swap(self, image: np.ndarray, faces: Faces) -> None:
+        """Put the (first) source face onto each face of ``faces``; all or nothing."""
+        self.commit(image, self.prepare(image, faces, [(i, 0) for i in range(len(faces))]))
+
+    def prepare(self, image: np.ndarray, faces: Faces, pairs: Sequence[tuple[int, int]]) -> list[MeshPatch]:
+        """Compute, without writing, source ``k``'s face for each (face index, k) pair."""
+        if not pairs:
+            return []
         if faces.landmarks is None:
             raise ValueError("the mesh swapper needs mesh landmarks (run the tracker first)")
-        while len(self._scratch) < len(faces):
+        while len(self._scratch) < len(pairs):
             self._scratch.append(Scratch())
         patches = [
-            self._patch(image, points, scratch)
-            for points, scratch in zip(faces.landmarks, self._scratch)
+            self._patch(image, faces.landmarks[i], self._textures[k], scratch)
+            for (i, k), scratch in zip(pairs, self._scratch)
         ]
-        for patch, scratch in zip(patches, self._scratch):
-            if patch is not None:
-                region, face, alpha = patch
-                blend_into(image[region], face, alpha, scratch)
-        self.faces_swapped += sum(p is not None for p in patches)
+        return [p for p in patches if p is not None]
 
-    def _patch(
-        self, image: np.ndarray, points: np.ndarray, scratch: Scratch
-    ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
+    def commit(self, image: np.ndarray, patches: list[MeshPatch]) -> None:
+        """Write prepared faces into ``image``."""
+        for patch in patches:
+            blend_into(image[patch.region], patch.face, patch.alpha, patch.scratch)
+        self.faces_swapped += len(patches)
+
+    def _patch(self, image: np.ndarray, points: np.ndarray, texture: _Texture, scratch: Scratch) -> MeshPatch | None:
         """The face's region, its recoloured warped source face and blend alpha; None when
         the face is off-screen or too small to be seen."""
         pts = points[:, :2]
@@ -127,12 +136,12 @@ class MeshSwapper:
         if x1 - x0 < 8 or y1 - y0 < 8:
             return None
         face_w = float(np.ptp(pts[:, 0]))
-        texture, src_pts = self._level(face_w)
+        source, src_pts = texture.level(face_w)
         local = (with_ring(pts) - (x0, y0)).astype(np.float32)
         region = (slice(y0, y1), slice(x0, x1))
         target = image[region]
-        order = self._draw_order(points[:, 2])
-        warped = self._warp(texture, src_pts, local, order, target.shape[:2], face_w, scratch)
+        order = _draw_order(texture.triangles, points[:, 2])
+        warped = self._warp(source, src_pts, local, texture.triangles, order, target.shape[:2], face_w, scratch)
         alpha = feathered_mask(
             target.shape[:2],
             mask_outline(local),
@@ -142,31 +151,15 @@ class MeshSwapper:
         )
         if self.config.opacity < 1:
             alpha *= self.config.opacity
-        if self.config.colour:
-            face = match_colour(warped, target, alpha, scratch)
-        else:
-            face = scratch.get("recoloured", warped.shape, np.float32)
-            np.copyto(face, warped, casting="unsafe")
-        return region, face, alpha
-
-    def _draw_order(self, depth: np.ndarray) -> np.ndarray:
-        """Triangles far to near (painter's order): where a turned head folds the mesh
-        over itself, the visible, nearer side wins. Ring triangles go first of all."""
-        z = np.concatenate([depth, np.full(len(FACE_OVAL), np.inf, depth.dtype)])
-        return np.argsort(-z[self.triangles].max(1), kind="stable")
-
-    def _level(self, face_w: float) -> tuple[np.ndarray, np.ndarray]:
-        """The smallest source texture at least as wide as the target face (no aliasing)."""
-        for texture, pts in self._levels:
-            if np.ptp(pts[:, 0]) >= face_w:
-                return texture, pts
-        return self._levels[-1]
+        face = match_colour(warped, target, alpha) if self.config.colour else warped
+        return MeshPatch(region, face, alpha, scratch)
 
     def _warp(
         self,
         texture: np.ndarray,
         src: np.ndarray,
         dst: np.ndarray,
+        triangles: np.ndarray,
         order: np.ndarray,
         shape: tuple[int, int],
         face_w: float,
@@ -179,11 +172,11 @@ class MeshSwapper:
         mw, mh = low_res(shape, f)
         ids = scratch.get("ids", (mh, mw), np.int32)
         ids[:] = -1
-        tri_dst = to_low_res(dst, shape, (mw, mh))[self.triangles]
+        tri_dst = to_low_res(dst, shape, (mw, mh))[triangles]
         fixed = np.round(tri_dst * 16).astype(np.int32)
         for i in order.tolist():
             cv2.fillConvexPoly(ids, fixed[i], i, cv2.LINE_8, 4)  # 4 fractional bits: sub-pixel accurate
-        tri_src = src[self.triangles]
+        tri_src = src[triangles]
         aff = _affines(tri_dst, tri_src)
         inside = ids >= 0
         safe = np.where(inside, ids, 0)
@@ -201,13 +194,44 @@ class MeshSwapper:
         return cv2.remap(texture, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def _pyramid(source: SourceFace) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Source texture at several sizes, smallest first, each with its mesh points."""
-    levels = [(source.image, _source_points(source.points[:, :2]))]
-    while np.ptp(levels[-1][1][:, 0]) > 96:
-        img, pts = levels[-1]
-        levels.append((cv2.pyrDown(img), pts / 2))
-    return levels[::-1]
+def _draw_order(triangles: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """Triangles far to near (painter's order): where a turned head folds the mesh over
+    itself, the visible, nearer side wins. Ring triangles go first of all."""
+    z = np.concatenate([depth, np.full(len(FACE_OVAL), np.inf, depth.dtype)])
+    return np.argsort(-z[triangles].max(1), kind="stable")
+
+
+@dataclass(frozen=True)
+class MeshPatch:
+    """A computed, not yet written, face: region of the frame, face pixels, alpha."""
+
+    region: tuple[slice, slice]
+    face: np.ndarray
+    alpha: np.ndarray
+    scratch: Scratch
+
+
+@dataclass(frozen=True)
+class _Texture:
+    """One source face: its triangles and its texture at several sizes, smallest first."""
+
+    triangles: np.ndarray
+    levels: tuple[tuple[np.ndarray, np.ndarray], ...]
+
+    @classmethod
+    def of(cls, source: SourceFace) -> _Texture:
+        levels = [(source.image, _source_points(source.points[:, :2]))]
+        while np.ptp(levels[-1][1][:, 0]) > 96:
+            img, pts = levels[-1]
+            levels.append((cv2.pyrDown(img), pts / 2))
+        return cls(triangulate(with_ring(source.points[:, :2])), tuple(levels[::-1]))
+
+    def level(self, face_w: float) -> tuple[np.ndarray, np.ndarray]:
+        """The smallest texture at least as wide as the target face (no aliasing)."""
+        for texture, pts in self.levels:
+            if np.ptp(pts[:, 0]) >= face_w:
+                return texture, pts
+        return self.levels[-1]
 
 
 #: On the source side the outline is pulled in this much, and the ring sits on it.

@@ -28,6 +28,8 @@ class SourceFace:
     points: np.ndarray
     "(468, 3) mesh points in ``image`` pixels."
     faces_in_photo: int
+    origin: tuple[int, int] = (0, 0)
+    "Top-left of ``image`` in the photo: photo points = ``points`` + origin."
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -79,4 +81,4 @@ def _crop(image: np.ndarray, points: np.ndarray, count: int) -> SourceFace:
     crop = np.ascontiguousarray(image[y0:y1, x0:x1])
     local = points.copy()
     local[:, :2] -= (x0, y0)
-    return SourceFace(crop, local, count)
+    return SourceFace(crop, local, count, (int(x0), int(y0)))

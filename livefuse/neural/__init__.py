@@ -1,0 +1,1 @@
+"""Neural face swapping: recognizer, swapper families, enhancers and masks."""
