@@ -13,7 +13,8 @@ import numpy as np
 
 from livefuse.config import Settings
 from livefuse.errors import ConfigError, ModelError
-from livefuse.face.detect import CenterFaceDetector, DetectorConfig
+from livefuse.face.detect import CenterFaceDetector, Detector, DetectorConfig
+from livefuse.face.detectors import ScrfdDetector, YunetDetector
 from livefuse.face.mesh import MeshLandmarker
 from livefuse.face.topology import five_points
 from livefuse.face.track import FaceTracker, TrackerConfig
@@ -64,9 +65,16 @@ class Engine:
             self._runners[name] = self._stack.enter_context(runner)
         return self._runners[name]
 
-    def detector(self) -> CenterFaceDetector:
+    def detector(self) -> Detector:
+        """The detector the settings name (CenterFace unless another is installed and asked for)."""
         s = self.settings
-        return CenterFaceDetector(self.runner("centerface"), DetectorConfig(s.detect_size, s.detect_threshold))
+        if s.detector == "centerface":
+            return CenterFaceDetector(self.runner("centerface"), DetectorConfig(s.detect_size, s.detect_threshold))
+        kinds: dict[str, type[ScrfdDetector] | type[YunetDetector]] = {"scrfd": ScrfdDetector, "yunet": YunetDetector}
+        spec = self.store.spec(s.detector)
+        if spec.role != "detector" or spec.family not in kinds:
+            raise ConfigError(f"{s.detector!r} is not a detector; use centerface, scrfd_det_10g or yunet_2023mar")
+        return kinds[spec.family](self.runner(s.detector), crop_spec(spec))
 
     def landmarker(self) -> MeshLandmarker:
         return MeshLandmarker(self.runner("face_mesh"))

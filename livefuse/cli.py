@@ -29,6 +29,7 @@ _SWAP_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--keep-mouth", "keep_mouth", {"action": "store_const", "const": True, "help": "keep the target's own mouth"}),
     ("--opacity", "opacity", {"type": float, "help": "0..1, how fully the face is replaced (1)"}),
     ("--no-colour", "colour", {"action": "store_const", "const": False, "help": "skip colour/lighting matching"}),
+    ("--detector", "detector", {"metavar": "MODEL", "help": "centerface (built in), scrfd_det_10g or yunet_2023mar"}),
     ("--detect-every", "detect_every", {"type": int, "metavar": "K", "help": "run the detector every K frames (10)"}),
     ("--detect-size", "detect_size", {"type": int, "metavar": "PX", "help": "detector input size, longest side (640)"}),
     ("--max-faces", "max_faces", {"type": int, "help": "most faces swapped per frame (8)"}),

@@ -58,6 +58,8 @@ class Settings:
     opacity: float = 1.0
     sharpness: float = 0.0
     colour: bool = True
+    detector: str = "centerface"
+    "Face detector: centerface (built in), or scrfd_det_10g / yunet_2023mar if installed."
     detect_every: int = 10
     detect_size: int = 640
     detect_threshold: float = 0.5

@@ -29,7 +29,10 @@ from livefuse.runtime.ort import OrtRunner
 from tests.helpers import frame_of, hull_mask
 from tests.insightface_ref import ArcFaceRef, INSwapperRef, blob, estimate_norm
 
-NEURAL = ("w600k_r50", "inswapper_128", "inswapper_128_fp16", "hyperswap_1a_256", "gfpgan_1.4", "xseg_1")
+NEURAL = (
+    "w600k_r50", "inswapper_128", "inswapper_128_fp16", "hyperswap_1a_256", "gfpgan_1.4", "xseg_1",
+    "scrfd_det_10g", "yunet_2023mar",
+)
 
 
 @pytest.fixture(scope="module")
@@ -329,3 +332,22 @@ def test_cli_runs_neural_options_end_to_end(home, tmp_path, monkeypatch, capsys)
     ])
     assert code == 0
     assert "10 in / 10 out" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["scrfd_det_10g", "yunet_2023mar"])
+def test_optional_detectors_plug_into_the_tracker(home, group, name):
+    """The stand-ins' outputs are random, so only the plumbing is checked here; decoding
+    is checked against the contracts in test_detectors.py."""
+    image, _ = group
+    with engine_for(home, detector=name) as engine:
+        tracker = engine.tracker()
+        tracker.analyze(frame_of(image))
+        assert tracker.detector_calls == 1
+        assert type(tracker.detector).__name__.lower().startswith(name.split("_")[0])
+
+
+def test_models_add_refuses_a_file_of_another_role(home, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("LIVEFUSE_HOME", str(tmp_path))
+    code = main(["models", "add", "inswapper_128", str(home / "models" / "gfpgan_1.4.onnx")])
+    assert code == 1
+    assert "inswapper_128" in caplog.text

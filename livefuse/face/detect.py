@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -13,6 +14,15 @@ from livefuse.runtime.base import Runner
 #: CenterFace works at stride 4 and its backbone needs sides that are multiples of 32.
 _STRIDE = 4
 _ALIGN = 32
+
+
+class Detector(Protocol):
+    """Finds faces: boxes, scores and five keypoints, in the image's pixels.
+    ``calls`` counts the model runs (the detector rate in the stats)."""
+
+    calls: int
+
+    def detect(self, image: np.ndarray) -> Faces: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from livefuse.face.detect import CenterFaceDetector
+from livefuse.face.detect import Detector
 from livefuse.face.mesh import MeshLandmarker, Roi, roi_from_detection, roi_from_landmarks
 from livefuse.face.smooth import OneEuroFilter
 from livefuse.face.topology import five_points
@@ -67,7 +67,7 @@ class FaceTracker:
 
     def __init__(
         self,
-        detector: CenterFaceDetector,
+        detector: Detector,
         landmarker: MeshLandmarker,
         config: TrackerConfig = TrackerConfig(),
     ) -> None:

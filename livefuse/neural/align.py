@@ -39,43 +39,43 @@ def crop(image: np.ndarray, matrix: np.ndarray, size: int, out: np.ndarray | Non
 
 
 def paste_region(
-    matrix: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, ...]
+    inverse: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, ...]
 ) -> tuple[int, int, int, int] | None:
-    """Frame box x0, y0, x1, y1 covering the crop-space box (x, y, w, h) once mapped back,
-    clipped to the frame; None when off-frame."""
-    inverse = cv2.invertAffineTransform(matrix)
+    """Frame box x0, y0, x1, y1 covering the crop-space box (x, y, w, h) once mapped back
+    by ``inverse`` (crop → frame), clipped to the frame; None when off-frame."""
     x, y, w, h = box
-    corners = np.array([[x, y], [x + w, y], [x, y + h], [x + w, y + h]], np.float64)
-    mapped = corners @ inverse[:, :2].T + inverse[:, 2]
-    x0, y0 = np.maximum(np.floor(mapped.min(0)).astype(int) - 1, 0)
-    x1, y1 = np.minimum(np.ceil(mapped.max(0)).astype(int) + 2, [shape[1], shape[0]])
+    xs = (x, x + w, x, x + w)
+    ys = (y, y, y + h, y + h)
+    fx = [inverse[0, 0] * a + inverse[0, 1] * b + inverse[0, 2] for a, b in zip(xs, ys)]
+    fy = [inverse[1, 0] * a + inverse[1, 1] * b + inverse[1, 2] for a, b in zip(xs, ys)]
+    x0, y0 = max(int(min(fx)) - 1, 0), max(int(min(fy)) - 1, 0)
+    x1, y1 = min(int(max(fx)) + 2, shape[1]), min(int(max(fy)) + 2, shape[0])
     if x1 - x0 < 2 or y1 - y0 < 2:
         return None
-    return int(x0), int(y0), int(x1), int(y1)
+    return x0, y0, x1, y1
 
 
 def paste_back(
     frame: np.ndarray, face: np.ndarray, mask: np.ndarray, matrix: np.ndarray, scratch: Scratch
 ) -> None:
     """Blend the aligned ``face`` crop (uint8 BGR) into ``frame`` with ``mask`` (float32
-    0..1, crop-sized), warping both only into the box the mask covers — never the frame.
-
-    Pixels where the warped mask is 0 are written back unchanged.
+    0..1, crop-sized, exactly 0 where nothing is pasted), warping both only into the box
+    the mask covers — never the frame. Pixels where the warped mask is 0 stay unchanged.
     """
     size = face.shape[0]
-    support = cv2.boundingRect((mask >= 1 / 255).view(np.uint8))
-    box = paste_region(matrix, support, frame.shape)
+    bgra = scratch.get("paste_bgra", (size, size, 4), np.uint8)
+    cv2.cvtColor(face, cv2.COLOR_BGR2BGRA, dst=bgra)
+    np.multiply(mask, 255, out=bgra[..., 3], casting="unsafe")
+    support = cv2.boundingRect(bgra[..., 3].copy())
+    inverse = cv2.invertAffineTransform(matrix)
+    box = paste_region(inverse, support, frame.shape)
     if box is None or support[2] == 0:
         return
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
-    inverse = cv2.invertAffineTransform(matrix)
     inverse[:, 2] -= (x0, y0)  # into the box's own coordinates
     # Face and mask travel together as one BGRA image: one 4-channel warp is cheaper than
     # a 3-channel and a float one.
-    bgra = scratch.get("paste_bgra", (size, size, 4), np.uint8)
-    cv2.cvtColor(face, cv2.COLOR_BGR2BGRA, dst=bgra)
-    np.multiply(mask, 255, out=bgra[..., 3], casting="unsafe")
     warped = scratch.get("paste_warped", (h, w, 4), np.uint8)
     cv2.warpAffine(bgra, inverse, (w, h), dst=warped, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     alpha = scratch.get("paste_alpha", (h, w), np.float32)

@@ -17,7 +17,7 @@ from livefuse.faces import Faces
 from livefuse.neural import align
 from livefuse.neural.models import Enhancer, Occluder, Parser, SwapModel
 from livefuse.scratch import Scratch
-from livefuse.swap.blend import feathered_mask, match_colour
+from livefuse.swap.blend import feathered_mask, match_colour_global
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class NeuralSwapper:
     def _finish(self, face: np.ndarray, target: np.ndarray) -> np.ndarray:
         """Colour match and sharpen the swapped crop."""
         if self.config.colour:
-            face = match_colour(face, target, self._box)
+            face = match_colour_global(face, target, self._box)
         if self.config.sharpness > 0:
             blur = cv2.GaussianBlur(face, (0, 0), 1.0)
             face = cv2.addWeighted(face, 1 + self.config.sharpness, blur, -self.config.sharpness, 0)
@@ -136,7 +136,7 @@ class NeuralSwapper:
             mouth = [pts[MOUTH_INNER]] if self.config.keep_mouth and self.parser is None else []
             # The outline keeps the paste to the face itself: a smaller region to blend than
             # the whole crop, and no square edge across hair or background.
-            outline = feathered_mask((size, size), pts[FACE_OVAL], mouth, 0.06 * size, self._scratch, factor=2)
+            outline = feathered_mask((size, size), pts[FACE_OVAL], mouth, 0.06 * size, self._scratch, factor=4)
             mask = np.minimum(outline, self._box)
         else:
             mask = self._box.copy()
@@ -146,7 +146,8 @@ class NeuralSwapper:
             np.minimum(mask, self.parser.region(target, self.config.keep_mouth), out=mask)
         if self.config.opacity < 1:
             mask *= self.config.opacity
-        mask[mask < 1 / 255] = 0
+        # Exact zeros below one grey level: those pixels are never touched by the paste.
+        cv2.threshold(mask, 1 / 255, 0, cv2.THRESH_TOZERO, dst=mask)
         return mask
 
     def _enhanced(

@@ -110,6 +110,35 @@ def match_colour(warped: np.ndarray, target: np.ndarray, alpha: np.ndarray) -> n
     return cv2.cvtColor(ycc, cv2.COLOR_YCrCb2BGR)
 
 
+#: OpenCV's 8-bit BGR → YCrCb as a 3×4 affine map (rows Y, Cr, Cb; columns B, G, R, 1).
+_YCC = np.array(
+    [
+        [0.114, 0.587, 0.299, 0.0],
+        [-0.114 * 0.713, -0.587 * 0.713, 0.701 * 0.713, 128.0],
+        [0.886 * 0.564, -0.587 * 0.564, -0.299 * 0.564, 128.0],
+    ]
+)
+_YCC_INV = np.linalg.inv(np.vstack([_YCC, [0, 0, 0, 1]]))
+
+
+def match_colour_global(face: np.ndarray, target: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``face`` (BGR uint8) with its Y, Cr and Cb means and spreads over ``alpha`` > 0.5
+    matched to ``target``'s: the whole transfer folded into one BGR affine map, applied in
+    one pass. Cheaper than :func:`match_colour` (no per-pixel shading) for model outputs,
+    which already carry the target's lighting."""
+    inside = (alpha > 0.5).view(np.uint8)
+    if cv2.countNonZero(inside) < 16:
+        return face
+    s_mean, s_std = (v.ravel() for v in cv2.meanStdDev(cv2.cvtColor(face, cv2.COLOR_BGR2YCrCb), mask=inside))
+    t_mean, t_std = (v.ravel() for v in cv2.meanStdDev(cv2.cvtColor(target, cv2.COLOR_BGR2YCrCb), mask=inside))
+    gain = (t_std + 1) / (s_std + 1)
+    scale = np.eye(4)
+    scale[:3, :3] = np.diag(gain)
+    scale[:3, 3] = t_mean - s_mean * gain
+    transfer = (_YCC_INV @ scale @ np.vstack([_YCC, [0, 0, 0, 1]]))[:3]
+    return cv2.transform(face, transfer)
+
+
 def _shading(src_l: np.ndarray, dst_l: np.ndarray, inside: np.ndarray) -> np.ndarray:
     """Per-pixel luma gain target/source from masked, blurred low-resolution copies."""
     size = low_res(src_l.shape[:2], max(1, src_l.shape[1] // SHADING_CELLS))

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from livefuse.errors import NoFaceError, SourceError
-from livefuse.face.detect import CenterFaceDetector
+from livefuse.face.detect import Detector
 from livefuse.face.mesh import MeshLandmarker, roi_from_detection, roi_from_landmarks
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def analyse_source(
-    image: np.ndarray, detector: CenterFaceDetector, landmarker: MeshLandmarker, name: str = "photo"
+    image: np.ndarray, detector: Detector, landmarker: MeshLandmarker, name: str = "photo"
 ) -> SourceFace:
     """Find the largest face in ``image`` and its mesh; crop the region around it."""
     faces = detector.detect(image)
