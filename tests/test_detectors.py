@@ -65,7 +65,7 @@ def test_scrfd_decodes_distances_from_anchor_centres():
 
 def test_yunet_decodes_cells_with_exp_sizes_and_sqrt_scores():
     outs = []
-    for kind, width in (("cls", 1), ("obj", 1), ("bbox", 4), ("kps", 10)):
+    for width in (1, 1, 4, 10):  # cls, obj, bbox, kps
         for s in (8, 16, 32):
             outs.append(np.zeros((1, (640 // s) ** 2, width), np.float32))
     # Stride 32, row 3, column 5.
