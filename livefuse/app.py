@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -54,16 +55,19 @@ class Engine:
         self._stack = ExitStack()
         self._providers = settings.providers.split(",") if settings.providers else None
         self._runners: dict[str, Runner] = {}
+        # Web sessions build swappers from executor threads: runner creation is serialised.
+        self._lock = threading.Lock()
         for name in ("centerface", "face_mesh"):
             self.runner(name)
 
     def runner(self, name: str) -> Runner:
         """The (shared, activated) runner of an installed model."""
-        if name not in self._runners:
-            path = self.store.path(name)
-            runner = OrtRunner(path, name=name, providers=self._providers, threads=self.settings.threads)
-            self._runners[name] = self._stack.enter_context(runner)
-        return self._runners[name]
+        with self._lock:
+            if name not in self._runners:
+                path = self.store.path(name)
+                runner = OrtRunner(path, name=name, providers=self._providers, threads=self.settings.threads)
+                self._runners[name] = self._stack.enter_context(runner)
+            return self._runners[name]
 
     def detector(self) -> Detector:
         """The detector the settings name (CenterFace unless another is installed and asked for)."""
@@ -89,23 +93,24 @@ class Engine:
         image = read_image(photo)
         return image, analyse_source(image, self.detector(), self.landmarker(), f"photo {photo}")
 
-    def swapper(self, photo: Path) -> Swapper:
-        """The swap stage for the face in ``photo``, as the settings ask (swapper, modes)."""
-        s = self.settings
+    def swapper(self, photo: Path, settings: Settings | None = None) -> Swapper:
+        """The swap stage for the face in ``photo``, as ``settings`` (default: the engine's)
+        ask: swapper, enhancer, masks, face modes. The runners stay the engine's, shared."""
+        s = settings or self.settings
         if s.faces not in ("one", "many", "map"):
             raise ConfigError(f"faces must be one, many or map, not {s.faces!r}")
         if s.faces == "map" and not s.mapping:
             raise ConfigError("--faces map needs at least one --map REF.jpg=SRC.jpg")
         photos = [photo] if s.faces != "map" else [Path(src) for _, src in s.mapping]
         recognizer = self.recognizer() if (s.swapper != "mesh" or s.faces == "map") else None
-        selector = FaceSelector(s.faces, self._mapping(recognizer) if s.faces == "map" else None)
+        selector = FaceSelector(s.faces, self._mapping(recognizer, s) if s.faces == "map" else None)
         inner: MeshSwapper | NeuralSwapper
         if s.swapper == "mesh":
             config = MeshSwapConfig(keep_mouth=s.keep_mouth or "mouth" in s.masks, colour=s.colour, opacity=s.opacity)
             inner = MeshSwapper([self.source_face(p)[1] for p in photos], config)
         else:
             assert recognizer is not None
-            inner = self._neural(photos, recognizer)
+            inner = self._neural(photos, recognizer, s)
         return SelectingSwapper(inner, selector, recognizer)
 
     def recognizer(self) -> Recognizer:
@@ -123,14 +128,13 @@ class Engine:
         points = face.points[None, :, :2] + np.asarray(face.origin, np.float32)
         return recognizer.normed(image, five_points(points))[0]
 
-    def _mapping(self, recognizer: Recognizer | None) -> Mapping:
+    def _mapping(self, recognizer: Recognizer | None, s: Settings) -> Mapping:
         if recognizer is None:
             raise ConfigError(f"--faces map needs the ArcFace recognizer: livefuse models pull {RECOGNIZER}")
-        refs = np.stack([self._identity(Path(ref), recognizer) for ref, _ in self.settings.mapping])
-        return Mapping(refs, self.settings.map_threshold)
+        refs = np.stack([self._identity(Path(ref), recognizer) for ref, _ in s.mapping])
+        return Mapping(refs, s.map_threshold)
 
-    def _neural(self, photos: list[Path], recognizer: Recognizer) -> NeuralSwapper:
-        s = self.settings
+    def _neural(self, photos: list[Path], recognizer: Recognizer, s: Settings) -> NeuralSwapper:
         spec = self.store.spec(s.swapper)
         check_role(spec, "swapper")
         path = self.store.path(s.swapper)

@@ -17,7 +17,7 @@ from livefuse.faces import Faces
 from livefuse.neural import align
 from livefuse.neural.models import Enhancer, Occluder, Parser, SwapModel
 from livefuse.scratch import Scratch
-from livefuse.swap.blend import feathered_mask, match_colour_global
+from livefuse.swap.blend import colour_transfer, feathered_mask
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,8 @@ class NeuralConfig:
     "Run the enhancer on a track every N frames; in between its last detail is re-warped."
     enhance_strength: float = 0.8
     "0..1 blend of the enhanced face over the swapped one."
+    colour_every: int = 8
+    "Re-measure a face's colour transfer every N frames (skin colour changes slowly)."
 
 
 def box_mask(size: int, blur: float = 0.3) -> np.ndarray:
@@ -78,6 +80,7 @@ class NeuralSwapper:
     enhancer_calls: int = 0
     _residuals: dict[int, np.ndarray] = field(default_factory=dict)
     _ages: dict[int, int] = field(default_factory=dict)
+    _colours: dict[int, tuple[np.ndarray | None, int]] = field(default_factory=dict)
     _scratch: Scratch = field(default_factory=Scratch)
 
     def __post_init__(self) -> None:
@@ -90,7 +93,7 @@ class NeuralSwapper:
     def prepare(self, image: np.ndarray, faces: Faces, pairs: Sequence[tuple[int, int]]) -> list[NeuralPatch]:
         """Compute, without writing, source ``k``'s face for each (face index, k) pair.
         All the faces go through the model as one batch where the model allows it."""
-        if faces.track_ids is not None and self._residuals:
+        if faces.track_ids is not None and (self._residuals or self._colours):
             self.forget(set(faces.track_ids.tolist()))
         if not pairs:
             return []
@@ -104,7 +107,7 @@ class NeuralSwapper:
         outputs = self.model.run(blob, self.latents[[k for _, k in pairs]])
         patches = []
         for (i, _), m, target, out in zip(pairs, matrices, targets, outputs, strict=True):
-            face = self._finish(spec.to_image(out), target)
+            face = self._finish(spec.to_image(out), target, _track(faces, i))
             mask = self._mask(target, faces, i, m)
             if self.enhancer is not None:
                 patches.append(self._enhanced(image, faces, i, face, mask, m))
@@ -118,10 +121,16 @@ class NeuralSwapper:
             align.paste_back(image, patch.face, patch.mask, patch.matrix, self._scratch)
         self.faces_swapped += len(patches)
 
-    def _finish(self, face: np.ndarray, target: np.ndarray) -> np.ndarray:
-        """Colour match and sharpen the swapped crop."""
+    def _finish(self, face: np.ndarray, target: np.ndarray, track: int) -> np.ndarray:
+        """Colour match (the transfer re-measured every ``colour_every`` frames per face)
+        and sharpen the swapped crop."""
         if self.config.colour:
-            face = match_colour_global(face, target, self._box)
+            transfer, age = self._colours.get(track, (None, self.config.colour_every))
+            if age >= self.config.colour_every:
+                transfer, age = colour_transfer(face, target, self._box), 0
+            self._colours[track] = (transfer, age + 1)
+            if transfer is not None:
+                face = cv2.transform(face, transfer)
         if self.config.sharpness > 0:
             blur = cv2.GaussianBlur(face, (0, 0), 1.0)
             face = cv2.addWeighted(face, 1 + self.config.sharpness, blur, -self.config.sharpness, 0)
@@ -168,7 +177,7 @@ class NeuralSwapper:
         swapped = cv2.warpAffine(face, to_e, (e, e), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         alpha = cv2.warpAffine(mask, to_e, (e, e), flags=cv2.INTER_LINEAR)
         cv2.blendLinear(base, swapped, 1 - alpha, alpha, dst=base)
-        track = int(faces.track_ids[i]) if faces.track_ids is not None else -1 - i
+        track = _track(faces, i)
         age = self._ages.get(track, self.config.enhance_every)
         if age >= self.config.enhance_every or track not in self._residuals:
             restored = enhancer.enhance(base)
@@ -180,7 +189,13 @@ class NeuralSwapper:
         return NeuralPatch(np.clip(out, 0, 255).astype(np.uint8), alpha, me)
 
     def forget(self, live_tracks: set[int]) -> None:
-        """Drop enhancer state of tracks that ended."""
-        for track in set(self._residuals) - live_tracks:
+        """Drop the per-face state of tracks that ended."""
+        for track in (set(self._residuals) | set(self._colours)) - live_tracks:
             self._residuals.pop(track, None)
             self._ages.pop(track, None)
+            self._colours.pop(track, None)
+
+
+def _track(faces: Faces, i: int) -> int:
+    """Face ``i``'s track id; untracked faces get a per-index stand-in id (< 0)."""
+    return int(faces.track_ids[i]) if faces.track_ids is not None else -1 - i

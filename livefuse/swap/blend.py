@@ -121,22 +121,24 @@ _YCC = np.array(
 _YCC_INV = np.linalg.inv(np.vstack([_YCC, [0, 0, 0, 1]]))
 
 
-def match_colour_global(face: np.ndarray, target: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """``face`` (BGR uint8) with its Y, Cr and Cb means and spreads over ``alpha`` > 0.5
-    matched to ``target``'s: the whole transfer folded into one BGR affine map, applied in
-    one pass. Cheaper than :func:`match_colour` (no per-pixel shading) for model outputs,
-    which already carry the target's lighting."""
+def colour_transfer(face: np.ndarray, target: np.ndarray, alpha: np.ndarray) -> np.ndarray | None:
+    """The 3×4 BGR affine map that gives ``face`` (BGR uint8) the Y, Cr and Cb means and
+    spreads of ``target`` over ``alpha`` > 0.5 — the whole YCrCb transfer folded into one
+    map (apply it with ``cv2.transform``). None when the region is too small to measure.
+
+    Cheaper than :func:`match_colour` (no per-pixel shading), for model outputs, which
+    already carry the target's lighting; and cheap to keep for a few frames per face.
+    """
     inside = (alpha > 0.5).view(np.uint8)
     if cv2.countNonZero(inside) < 16:
-        return face
+        return None
     s_mean, s_std = (v.ravel() for v in cv2.meanStdDev(cv2.cvtColor(face, cv2.COLOR_BGR2YCrCb), mask=inside))
     t_mean, t_std = (v.ravel() for v in cv2.meanStdDev(cv2.cvtColor(target, cv2.COLOR_BGR2YCrCb), mask=inside))
     gain = (t_std + 1) / (s_std + 1)
     scale = np.eye(4)
     scale[:3, :3] = np.diag(gain)
     scale[:3, 3] = t_mean - s_mean * gain
-    transfer = (_YCC_INV @ scale @ np.vstack([_YCC, [0, 0, 0, 1]]))[:3]
-    return cv2.transform(face, transfer)
+    return (_YCC_INV @ scale @ np.vstack([_YCC, [0, 0, 0, 1]]))[:3]
 
 
 def _shading(src_l: np.ndarray, dst_l: np.ndarray, inside: np.ndarray) -> np.ndarray:

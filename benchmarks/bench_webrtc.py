@@ -1,0 +1,251 @@
+"""Browser → livefuse → browser latency over WebRTC, measured with a frame counter.
+
+Headless Chromium (Debian's, driven by Playwright) plays a clip of a sample portrait as
+its camera; every frame carries a 16-bit counter (``livefuse/web/fakecam.py``). The demo
+page sends the camera to ``livefuse serve``'s app on 127.0.0.1 and shows what comes
+back; ``static/probe.js`` decodes the counter in both videos as they are displayed, so
+latency = when a counter appears in the returned video − when it appeared in the local
+preview: capture → encode → network → server (decode, track, swap, encode) → decode →
+display, the path a user sees.
+
+Runs 480p (640x480) and 720p (1280x720), each with the mesh swapper and with swapping
+off (the same path without face work: the transport's own cost). Prints a Markdown table
+and writes benchmarks/out/webrtc-<date>.json.
+
+Usage: python benchmarks/bench_webrtc.py [--seconds 10] [--sizes 480p,720p]
+Needs Chromium at /usr/bin/chromium (apt-get install chromium) and the webrtc extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import cv2
+import numpy as np
+from aiohttp import web
+from playwright.async_api import Browser, async_playwright
+
+from livefuse.app import Engine
+from livefuse.config import Settings
+from livefuse.models.store import ModelStore, default_home
+from livefuse.samples import SampleStore
+from livefuse.web.fakecam import face_clip, write_y4m
+from livefuse.web.server import ServerConfig, create_app
+
+SIZES = {"480p": (640, 480), "720p": (1280, 720)}
+OUT = Path(__file__).parent / "out"
+CHROMIUM = "/usr/bin/chromium"
+#: Seconds of streaming before measuring: the browser's bandwidth estimate ramps up first.
+WARMUP_S = 4.0
+
+STATS_JS = """async () => {
+  const out = {};
+  (await window.livefuse.state.pc.getStats()).forEach((s) => {
+    if (s.type === "outbound-rtp" && s.kind === "video")
+      out.sent = {width: s.frameWidth, height: s.frameHeight, fps: s.framesPerSecond,
+                  limited_by: s.qualityLimitationReason};
+    if (s.type === "inbound-rtp" && s.kind === "video")
+      out.received = {width: s.frameWidth, height: s.frameHeight, fps: s.framesPerSecond, dropped: s.framesDropped,
+                      jitter_buffer_ms: 1000 * s.jitterBufferDelay / Math.max(1, s.jitterBufferEmittedCount)};
+  });
+  return out;
+}"""
+
+
+def loopback_only() -> None:
+    """aioice leaves 127.0.0.1 out of its candidates; this benchmark runs on loopback only."""
+    import aioice.ice
+
+    aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: ["127.0.0.1"]
+
+
+def chromium_flags(camera: Path) -> list[str]:
+    return [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={camera}",
+        "--allow-loopback-in-peer-connection",
+        "--disable-features=WebRtcHideLocalIpsWithMdns",
+        "--autoplay-policy=no-user-gesture-required",
+    ]
+
+
+@asynccontextmanager
+async def serving(engine: Engine, settings: Settings) -> AsyncIterator[str]:
+    """The server app on an ephemeral 127.0.0.1 port; yields its URL."""
+    runner = web.AppRunner(create_app(ServerConfig(port=0), settings, engine), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+async def run_once(browser: Browser, url: str, size: str, swap: bool, seconds: float) -> dict[str, Any]:
+    """One measurement: open the page, start the camera, measure for ``seconds``."""
+    width, height = SIZES[size]
+    page = await browser.new_page(viewport={"width": 1400, "height": 900}, bypass_csp=True)
+    try:
+        await page.goto(f"{url}/")
+        await page.evaluate("window.livefuse.ready")
+        await page.add_script_tag(url="/static/probe.js")
+        await page.select_option("#size", f"{width}x{height}")
+        await page.select_option("#face", "biden.jpg")
+        if not swap:
+            await page.uncheck("#swap")
+        await page.evaluate("lfProbe.start()")
+        await page.click("#start")
+        await page.wait_for_function("() => document.getElementById('remote').currentTime > 0.5", timeout=30_000)
+        session = await page.evaluate("window.livefuse.state.session")
+        await asyncio.sleep(WARMUP_S)
+        await page.evaluate("lfProbe.clear()")
+        busy0, total0 = cpu_ticks()
+        await asyncio.sleep(seconds)
+        latencies = np.array(await page.evaluate("lfProbe.latencies()"), np.float64)
+        busy1, total1 = cpu_ticks()
+        webrtc = await page.evaluate(STATS_JS)
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/api/sessions/{session}") as r:
+            server = await r.json()
+        await page.click("#stop")
+    finally:
+        await page.close()
+    if latencies.size == 0:
+        raise RuntimeError(f"{size} swap={swap}: no returned frame could be matched to its counter")
+    p50, p95 = np.percentile(latencies, [50, 95])
+    return {
+        "size": size,
+        "swap": "mesh" if swap else "off",
+        "latency_ms": {
+            "p50": round(float(p50), 1),
+            "p95": round(float(p95), 1),
+            "max": round(float(latencies.max()), 1),
+        },
+        "samples": int(latencies.size),
+        "matched_per_s": round(latencies.size / seconds, 1),
+        "browser": webrtc,
+        "server": {
+            "latency_ms": server["latency_ms"],
+            "fps_in": server["fps_in"],
+            "fps_out": server["fps"],
+            "dropped": server["dropped"],
+            "detector_rate": server["detector_rate"],
+            "size": server["size"],
+        },
+        "machine_cpu_percent": round(100 * (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1), 0),
+    }
+
+
+async def bench(sizes: list[str], seconds: float, home: Path) -> list[dict[str, Any]]:
+    loopback_only()
+    settings = Settings(home=str(home))
+    portrait = cv2.imread(str(SampleStore(home).path("obama.jpg")))
+    runs = []
+    with Engine(settings) as engine, tempfile.TemporaryDirectory(prefix="livefuse-bench-") as tmp:
+        for size in sizes:
+            # 90 frames: the counter repeats every 3 s, far above any latency measured.
+            camera = write_y4m(Path(tmp) / f"camera-{size}.y4m", face_clip(portrait, SIZES[size], 90))
+            async with serving(engine, settings) as url, async_playwright() as playwright:
+                browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=chromium_flags(camera))
+                try:
+                    for swap in (True, False):
+                        run = await run_once(browser, url, size, swap, seconds)
+                        print(json.dumps(run), file=sys.stderr)
+                        runs.append(run)
+                finally:
+                    await browser.close()
+    return runs
+
+
+def machine() -> dict[str, object]:
+    cpu = "unknown"
+    if Path("/proc/cpuinfo").is_file():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    import aiortc
+
+    chromium = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "aiortc": aiortc.__version__,
+        "chromium": chromium,
+        "os": platform.platform(),
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    rows = [
+        "| size | swap | latency p50 / p95 ms | returned fps | browser sends | server p50 / p95 ms "
+        "| jitter buffer ms | server dropped | detector/frame | machine CPU % |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        sent, received = r["browser"].get("sent", {}), r["browser"].get("received", {})
+        server = r["server"]
+        rows.append(
+            f"| {r['size']} | {r['swap']} | {r['latency_ms']['p50']:.0f} / {r['latency_ms']['p95']:.0f} "
+            f"| {received.get('fps')} | {sent.get('width')}x{sent.get('height')} "
+            f"({sent.get('limited_by', '?')}) | {server['latency_ms']['p50']} / {server['latency_ms']['p95']} "
+            f"| {received.get('jitter_buffer_ms', 0):.0f} | {server['dropped']['total']} "
+            f"| {server['detector_rate']} | {r['machine_cpu_percent']:.0f} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0, help="measuring time per run (10)")
+    parser.add_argument("--sizes", default="480p,720p")
+    args = parser.parse_args()
+    if not Path(CHROMIUM).exists():
+        print(f"bench_webrtc needs Chromium at {CHROMIUM}: apt-get install -y chromium", file=sys.stderr)
+        return 1
+    home = Path(os.environ.get("LIVEFUSE_HOME") or default_home())
+    ModelStore(home).pull()
+    SampleStore(home).pull()
+    runs = asyncio.run(bench(args.sizes.split(","), args.seconds, home))
+    OUT.mkdir(exist_ok=True)
+    results = {"machine": machine(), "swapper": "mesh", "seconds": args.seconds, "runs": runs}
+    path = OUT / f"webrtc-{results['machine']['date']}.json"
+    path.write_text(json.dumps(results, indent=1))
+    print(table(runs))
+    print(f"\nwrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
