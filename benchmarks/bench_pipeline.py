@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import av
+import benchinfo
 import cv2
 import numpy as np
 
@@ -119,25 +118,9 @@ def run_once(engine: Engine, photo: Path, clip: Path, mode: str) -> dict[str, ob
 
 
 def machine() -> dict[str, object]:
-    cpu = "unknown"
-    if Path("/proc/cpuinfo").is_file():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     import onnxruntime
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "onnxruntime": onnxruntime.__version__,
-        "opencv": cv2.__version__,
-        "os": platform.platform(),
-        "commit": commit,
-        "date": time.strftime("%Y-%m-%d"),
-    }
+    return benchinfo.describe(onnxruntime=onnxruntime.__version__, opencv=cv2.__version__)
 
 
 def main() -> int:

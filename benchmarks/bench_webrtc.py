@@ -22,17 +22,16 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import benchinfo
 import cv2
 import numpy as np
 from aiohttp import web
@@ -42,7 +41,7 @@ from livefuse.app import Engine
 from livefuse.config import Settings
 from livefuse.models.store import ModelStore, default_home
 from livefuse.samples import SampleStore
-from livefuse.web.fakecam import face_clip, write_y4m
+from livefuse.web.fakecam import chromium_flags, face_clip, write_y4m
 from livefuse.web.server import ServerConfig, create_app
 
 SIZES = {"480p": (640, 480), "720p": (1280, 720)}
@@ -70,24 +69,6 @@ def loopback_only() -> None:
     import aioice.ice
 
     aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: ["127.0.0.1"]
-
-
-def chromium_flags(camera: Path) -> list[str]:
-    return [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-video-capture={camera}",
-        "--allow-loopback-in-peer-connection",
-        "--disable-features=WebRtcHideLocalIpsWithMdns",
-        "--autoplay-policy=no-user-gesture-required",
-    ]
 
 
 @asynccontextmanager
@@ -185,26 +166,10 @@ async def bench(sizes: list[str], seconds: float, home: Path) -> list[dict[str, 
 
 
 def machine() -> dict[str, object]:
-    cpu = "unknown"
-    if Path("/proc/cpuinfo").is_file():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     import aiortc
 
     chromium = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True).stdout.strip()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "aiortc": aiortc.__version__,
-        "chromium": chromium,
-        "os": platform.platform(),
-        "commit": commit,
-        "date": time.strftime("%Y-%m-%d"),
-    }
+    return benchinfo.describe(aiortc=aiortc.__version__, chromium=chromium)
 
 
 def table(runs: list[dict[str, Any]]) -> str:

@@ -24,7 +24,7 @@ from playwright.async_api import Page, async_playwright
 
 from livefuse.app import Engine
 from livefuse.config import Settings
-from livefuse.web.fakecam import read_counter, write_y4m
+from livefuse.web.fakecam import chromium_flags, read_counter, write_y4m
 from tests import test_web as shared
 from tests.test_web import REPO, Image, Served, assert_swapped, assert_untouched, diff, masks, run, serving
 
@@ -37,25 +37,6 @@ face_box = shared.face_box
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / ".cache" / "test-artifacts"
-
-
-def chromium_flags(camera: Path) -> list[str]:
-    """Offline, loopback-only WebRTC with a file as the camera (docs: testing-recipes §3)."""
-    return [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-video-capture={camera}",
-        "--allow-loopback-in-peer-connection",  # without it Chromium gathers no candidate on lo
-        "--disable-features=WebRtcHideLocalIpsWithMdns",
-        "--autoplay-policy=no-user-gesture-required",
-    ]
 
 
 def require_chromium() -> None:

@@ -94,3 +94,23 @@ def write_y4m(path: Path, frames: list[np.ndarray], fps: int = 30) -> Path:
             fh.write(b"FRAME\n")
             fh.write(cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes())
     return Path(path)
+
+
+def chromium_flags(camera: Path) -> list[str]:
+    """Chromium flags for offline, loopback-only WebRTC with ``camera`` (a 4:2:0 y4m or an
+    MJPEG file) as the camera: what the browser test and the latency benchmark launch with."""
+    return [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={camera}",
+        "--allow-loopback-in-peer-connection",  # without it Chromium gathers no candidate on lo
+        "--disable-features=WebRtcHideLocalIpsWithMdns",
+        "--autoplay-policy=no-user-gesture-required",
+    ]
