@@ -143,6 +143,7 @@ def main() -> int:
         }
         session.run(None, feeds)
         results["model_ms"] = round(median_ms(lambda: session.run(None, feeds), 3), 1)
+    fixed.close()
     OUT.mkdir(exist_ok=True)
     (OUT / "swap-outside-model.json").write_text(json.dumps(results, indent=1))
     print("| frame | face width px | livefuse ms/face | without colour match | insightface paste_back ms | ratio |")

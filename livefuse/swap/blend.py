@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
@@ -68,7 +70,9 @@ def feathered_mask(
     return alpha
 
 
+@functools.lru_cache(maxsize=64)
 def _disc(radius: int) -> np.ndarray:
+    """A disc-shaped structuring element (cached: a constant per radius)."""
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
