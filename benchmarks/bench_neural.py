@@ -109,7 +109,6 @@ def budget(engine: app.Engine, frame: np.ndarray, frames: int, clock: Clock) -> 
     encoder = av.CodecContext.create("libx264", "w")
     encoder.width, encoder.height, encoder.pix_fmt = frame.shape[1], frame.shape[0], "yuv420p"
     encoder.options = {"preset": "veryfast"}
-    clock.wrap(tracker.detector, "detect", "detect")
     clock.wrap(tracker.landmarker, "landmarks", "track")
     per_frame: list[dict[str, float]] = []
     found = 0
@@ -130,8 +129,16 @@ def budget(engine: app.Engine, frame: np.ndarray, frames: int, clock: Clock) -> 
             parts["track"] = parts.get("track", 0.0)
             parts["total"] = total
             per_frame.append(parts)
-    keys = ["detect", "track", "align", "model", "paste-back", "output", "total"]
+    keys = ["track", "align", "model", "paste-back", "output", "total"]
     result = {k: round(float(np.median([p.get(k, 0.0) for p in per_frame])), 2) for k in keys}
+    # The detector runs on 1 frame in detect_every: timed on its own, per call.
+    detector = engine.detector()
+    calls = []
+    for _ in range(5):
+        start = time.perf_counter()
+        detector.detect(frame)
+        calls.append((time.perf_counter() - start) * 1e3)
+    result["detect_call"] = round(float(np.median(calls)), 2)
     result["faces"] = found
     return result
 
@@ -159,10 +166,11 @@ def main() -> int:
                 print(json.dumps(row), file=sys.stderr)
     OUT.mkdir(exist_ok=True)
     (OUT / "neural-budget.json").write_text(json.dumps(rows, indent=1))
-    print("| frame | faces | detect | track | align+pre | model | paste-back | output | total ms |")
+    print("| frame | faces | detect (per call, 1 frame in 10) | track | align | model | pre/post + paste-back "
+          "| output (H.264) | total ms (no detector) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['size']} | {r['faces']} | {r['detect']} | {r['track']} | {r['align']} | {r['model']} | "
+        print(f"| {r['size']} | {r['faces']} | {r['detect_call']} | {r['track']} | {r['align']} | {r['model']} | "
               f"{r['paste-back']} | {r['output']} | {r['total']} |")
     return 0
 
