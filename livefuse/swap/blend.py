@@ -62,7 +62,12 @@ def feathered_mask(
     alpha = scratch.get("alpha", shape, np.float32)
     # resize writes into ``alpha`` only when dst already has the right size and type.
     cv2.resize(small_f, (shape[1], shape[0]), dst=alpha, interpolation=cv2.INTER_LINEAR)
-    # Bilinear upscaling leaves tiny non-zero tails: cut them so outside pixels stay exact.
+    # Bilinear upscaling spreads the low-res edge by up to a low-res pixel: clip the alpha
+    # to the outline drawn at full resolution, so nothing outside it is ever touched.
+    inside = scratch.get("mask_inside", shape, np.uint8)
+    inside[:] = 0
+    cv2.fillPoly(inside, [_fixed(outline)], 1, cv2.LINE_8, 4)
+    np.multiply(alpha, inside, out=alpha)
     alpha[alpha < 1 / 255] = 0
     if holes:
         # Holes can be thinner than a low-res pixel (a mouth just opening): cut them exactly.
