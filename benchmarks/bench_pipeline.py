@@ -33,7 +33,8 @@ from livefuse.faces import Faces
 from livefuse.frame import Frame
 from livefuse.io.sinks import NullSink, VideoFileSink
 from livefuse.io.sources import PacedSource, VideoFileSource
-from livefuse.models.store import ModelStore, default_home
+from livefuse.models.files import default_home
+from livefuse.models.store import ModelStore
 from livefuse.pipeline.pipeline import Pipeline
 from livefuse.samples import SampleStore
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from livefuse.app import Engine  # noqa: E402
 from livefuse.config import Settings  # noqa: E402
-from livefuse.models.store import default_home  # noqa: E402
+from livefuse.models.files import default_home  # noqa: E402
 from livefuse.neural.crop import CropSpec  # noqa: E402
 from livefuse.neural.models import SwapModel  # noqa: E402
 from livefuse.neural.swapper import NeuralConfig, NeuralSwapper  # noqa: E402

@@ -39,7 +39,8 @@ from playwright.async_api import Browser, async_playwright
 
 from livefuse.app import Engine
 from livefuse.config import Settings
-from livefuse.models.store import ModelStore, default_home
+from livefuse.models.files import default_home
+from livefuse.models.store import ModelStore
 from livefuse.samples import SampleStore
 from livefuse.web.fakecam import chromium_flags, face_clip, write_y4m
 from livefuse.web.server import ServerConfig, create_app

@@ -19,10 +19,12 @@ from livefuse.face.detectors import ScrfdDetector, YunetDetector
 from livefuse.face.mesh import MeshLandmarker
 from livefuse.face.topology import five_points
 from livefuse.face.track import FaceTracker, TrackerConfig
-from livefuse.models.store import ModelStore, default_home
+from livefuse.models.contracts import load_emap
+from livefuse.models.files import default_home
+from livefuse.models.store import ModelStore
 from livefuse.neural.build import check_role, crop_spec
 from livefuse.neural.crop import CropSpec
-from livefuse.neural.models import Enhancer, Occluder, Parser, Recognizer, SwapModel, read_emap
+from livefuse.neural.models import Enhancer, Occluder, Parser, Recognizer, SwapModel
 from livefuse.neural.select import FaceSelector, Mapping, SelectingSwapper
 from livefuse.neural.swapper import NeuralConfig, NeuralSwapper
 from livefuse.pipeline.stages import Swapper
@@ -148,7 +150,7 @@ class Engine:
             self.runner(s.swapper),
             crop_spec(spec),
             io.latent,
-            read_emap(path) if io.latent == "emap" else None,
+            load_emap(path) if io.latent == "emap" else None,
             target_name=image.name,
             source_name=latent.name,
         )

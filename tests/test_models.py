@@ -24,22 +24,11 @@ import pytest
 from livefuse.errors import ModelError
 from livefuse.models import standins
 from livefuse.models import store as store_module
+from livefuse.models.contracts import check_contract, load_emap
 from livefuse.models.convert import convert
-from livefuse.models.store import (
-    LOCAL_RECORDS,
-    MANIFEST_ENV,
-    ModelSpec,
-    ModelStore,
-    UrlSource,
-    check_contract,
-    default_home,
-    load_emap,
-    load_manifest,
-    load_templates,
-    render_manifest,
-    sha256_bytes,
-    sha256_file,
-)
+from livefuse.models.files import default_home, sha256_bytes, sha256_file
+from livefuse.models.manifest import MANIFEST_ENV, ModelSpec, UrlSource, load_manifest, load_templates, render_manifest
+from livefuse.models.store import LOCAL_RECORDS, ModelStore
 from livefuse.samples import SampleStore
 
 MANIFEST = load_manifest()

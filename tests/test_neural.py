@@ -20,9 +20,12 @@ from livefuse.cli import main
 from livefuse.config import Settings
 from livefuse.errors import ModelError
 from livefuse.face.topology import MOUTH_INNER, five_points
+from livefuse.models.contracts import load_emap
+from livefuse.models.files import sha256_file
+from livefuse.models.manifest import load_manifest
 from livefuse.models.standins import make_tiny
-from livefuse.models.store import ModelStore, load_manifest, sha256_file
-from livefuse.neural.models import SwapModel, read_emap
+from livefuse.models.store import ModelStore
+from livefuse.neural.models import SwapModel
 from livefuse.neural.select import FaceSelector, Mapping, SelectingSwapper
 from livefuse.neural.swapper import NeuralConfig, NeuralSwapper
 from livefuse.runtime.ort import OrtRunner
@@ -249,7 +252,7 @@ def test_batched_run_equals_one_face_at_a_time(home, group, tmp_path):
         with OrtRunner(fixed) as one, OrtRunner(dynamic) as many:
             results = {}
             for name, runner in (("single", one), ("batched", many)):
-                model = SwapModel(runner, base.model.crop, "emap", read_emap(fixed))
+                model = SwapModel(runner, base.model.crop, "emap", load_emap(fixed))
                 calls = []
                 original = runner.infer_impl
                 runner.infer_impl = lambda f, o=original, c=calls: c.append(1) or o(f)  # type: ignore[method-assign]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from livefuse.errors import SampleError
-from livefuse.models.store import sha256_file
+from livefuse.models.files import sha256_file
 from livefuse.samples import DemoClip, SampleStore, load_catalog
 
 CATALOG = load_catalog()

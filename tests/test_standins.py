@@ -15,7 +15,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from livefuse.models import standins
-from livefuse.models.store import MANIFEST_ENV, ModelSpec, ModelStore, load_manifest, sha256_file
+from livefuse.models.files import sha256_file
+from livefuse.models.manifest import MANIFEST_ENV, ModelSpec, load_manifest
+from livefuse.models.store import ModelStore
 
 MANIFEST = load_manifest()
 REPO = Path(__file__).resolve().parents[1]

@@ -4,22 +4,20 @@
 here: it needs the ``onnx`` package at import time.
 """
 
+from livefuse.models.contracts import check_contract, load_emap
 from livefuse.models.download import HttpOptions
-from livefuse.models.store import (
+from livefuse.models.files import default_home
+from livefuse.models.manifest import (
     IoSpec,
-    LocalRecord,
     ModelSpec,
     ModelStatus,
-    ModelStore,
     PackageSource,
     TensorContract,
     UrlSource,
-    check_contract,
-    default_home,
-    load_emap,
     load_manifest,
     load_templates,
 )
+from livefuse.models.store import LocalRecord, ModelStore
 
 __all__ = [
     "HttpOptions",

@@ -18,7 +18,7 @@ from livefuse.errors import ModelError
 if TYPE_CHECKING:
     import onnx
 
-    from livefuse.models.store import ModelSpec, TensorContract
+    from livefuse.models.manifest import ModelSpec, TensorContract
 
 #: The producer written into every converted model, in place of the tool that made it.
 PRODUCER_NAME = "livefuse"

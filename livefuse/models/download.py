@@ -255,7 +255,7 @@ def _check_length(job: Fetch, part: Path, done: int, total: int | None) -> None:
 
 
 def _verify(job: Fetch, part: Path) -> None:
-    from livefuse.models.store import sha256_file, short
+    from livefuse.models.files import sha256_file, short
 
     digest = sha256_file(part)
     if digest != job.sha256:

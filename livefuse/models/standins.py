@@ -33,16 +33,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from livefuse.models.store import (
+from livefuse.models.files import atomic_path, atomic_write, sha256_bytes
+from livefuse.models.manifest import (
     ModelSpec,
     TensorContract,
     UrlSource,
-    atomic_path,
-    atomic_write,
     load_manifest,
     load_templates,
     render_manifest,
-    sha256_bytes,
 )
 
 #: Opset and IR version of every stand-in: old enough for onnxruntime 1.17 (livefuse's floor).

@@ -7,7 +7,6 @@ role serves every family; adding a model of a known family is adding a manifest 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -29,23 +28,6 @@ def run_batched(runner: Runner, feeds: dict[str, np.ndarray], dynamic: bool) -> 
     n = len(next(iter(feeds.values())))
     outs = [runner.infer({k: v[i : i + 1] for k, v in feeds.items()})[0] for i in range(n)]
     return np.concatenate(outs, axis=0)
-
-
-def read_emap(path: Path) -> np.ndarray:
-    """The inswapper's emap: the graph's last initializer, a [512, 512] matrix used by no node."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path), load_external_data=False)
-    init = model.graph.initializer[-1]
-    used = {name for node in model.graph.node for name in node.input}
-    emap = numpy_helper.to_array(init).astype(np.float32)
-    if emap.shape != (512, 512) or init.name in used:
-        raise ModelError(
-            f"{path.name} has no emap (its last initializer is {init.name!r} {list(emap.shape)}, "
-            "expected an unused [512, 512] matrix): it is not an inswapper model"
-        )
-    return emap
 
 
 class Recognizer:
