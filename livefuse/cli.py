@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--vcam", action="store_const", const=True, default=None, help="also send to a virtual camera")
     serve.add_argument("--vcam-device", dest="vcam_device", default=None, help="virtual camera (Linux: /dev/videoN)")
     serve.add_argument("--vcam-backend", dest="vcam_backend", default=None, help="v4l2loopback, obs or unitycapture")
+
+    doctor = commands.add_parser("doctor", help="check the GPU, driver, runtimes and engines; say what to fix")
+    doctor.add_argument("--home", default=None, help="models and samples directory")
+    doctor.add_argument("--engines", type=Path, default=None, metavar="DIR", help="TensorRT engines (HOME/engines)")
+    doctor.add_argument("--no-probe", dest="probe", action="store_false", help="skip the pinned-memory bandwidth probe")
     return parser
 
 
@@ -128,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "models": commands.models,
         "samples": commands.samples,
         "serve": commands.serve,
+        "doctor": commands.doctor,
     }
     try:
         settings = _settings(args)

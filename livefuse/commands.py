@@ -227,3 +227,13 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         ) from exc
     config = web.ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions)
     return web.serve(config, settings)
+
+
+def doctor(args: argparse.Namespace, settings: Settings) -> int:
+    """Print what this machine has for livefuse and what to fix; 1 when something blocks."""
+    from livefuse import doctor as checkup
+
+    facts = checkup.gather(home_of(settings), args.engines, probe_bandwidth=args.probe)
+    problems = checkup.diagnose(facts)
+    print(checkup.render(facts, problems), end="")
+    return 1 if any(p.blocks for p in problems) else 0

@@ -40,3 +40,10 @@ class OutputError(LivefuseError):
 
 class StreamEnded(LivefuseError):
     """End of stream: raised by ``Source.read`` when there are no more frames."""
+
+
+class EngineMismatch(LivefuseError):
+    """A prebuilt GPU engine is missing, stale or was built for another TensorRT or GPU.
+
+    The live path never rebuilds engines: the message says what differs and the build command.
+    """
