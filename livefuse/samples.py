@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from livefuse._compat import tomllib
 from livefuse.errors import SampleError
 from livefuse.models.files import (
     Pin,
@@ -36,11 +36,6 @@ from livefuse.models.files import (
 )
 from livefuse.models.manifest import PackageSource, package_source
 from livefuse.models.store import Log
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 _OFFLINE_HINT = "livefuse samples pull --from DIR"
 

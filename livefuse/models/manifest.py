@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -13,13 +12,8 @@ from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from livefuse._compat import tomllib
 from livefuse.errors import ModelError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
-
 
 #: Environment variable naming another manifest file to use instead of the built-in one (tests
 #: with stand-in models, private mirrors). Whoever sets it chooses which files livefuse trusts.

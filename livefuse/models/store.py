@@ -16,13 +16,13 @@ from __future__ import annotations
 import builtins
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from livefuse._compat import tomllib
 from livefuse.errors import ModelError
 from livefuse.models.contracts import (
     check_contract,
@@ -61,13 +61,6 @@ from livefuse.models.manifest import (
     package_sources,
     toml_string,
 )
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
-
-
 
 #: Under ``home/models``: the sha256 of every file installed with ``livefuse models add``.
 LOCAL_RECORDS = "local.toml"
