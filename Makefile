@@ -4,24 +4,33 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
 .PHONY: demo test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+# The demo needs only livefuse itself and the virtual-camera extra; the tests add the
+# WebRTC stack and the browser driver.
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	$(PIP) -e ".[vcam]"
 	touch $@
 
-demo: $(VENV)/.installed
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(PIP) -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.demo-installed
 	$(BIN)/livefuse demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.test-installed
 	$(BIN)/python -m pytest
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.test-installed
 	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/bench_swap.py
+	$(BIN)/python benchmarks/bench_webrtc.py
 
 clean:
 	rm -rf $(VENV) .cache livefuse-demo
