@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -158,6 +159,8 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
     samples.pull(log=log.info)
     clip = samples.demo_clip()
     photo = Path(settings.source) if settings.source else samples.path(DEMO_SOURCE)
+    # The sample person smiles and talks: keeping his own mouth interior looks natural.
+    settings = replace(settings, keep_mouth=True)
     out_dir: Path = args.output
     out_dir.mkdir(parents=True, exist_ok=True)
     video = out_dir / "demo-swapped.mp4"
