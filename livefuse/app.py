@@ -174,8 +174,9 @@ class Engine:
 
     def _one_of(self, role: str) -> str:
         """The first installed model of ``role`` (the manifest lists the preferred first)."""
-        names = [st.name for st in self.store.list() if st.role == role]
-        installed = [st.name for st in self.store.list() if st.role == role and st.verified]
+        # Only this role's files are hashed: list() would hash every installed model, twice.
+        names = [spec.name for spec in self.store.manifest.values() if spec.role == role]
+        installed = [name for name in names if self.store.is_verified(name)]
         if not installed:
             raise ModelError(
                 f"no {role} model is installed: livefuse models pull {names[0] if names else role}"

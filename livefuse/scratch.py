@@ -26,8 +26,3 @@ class Scratch:
             buf = np.empty(int(size * 1.25) + 64, dtype)
             self._buffers[name] = buf
         return buf[:size].reshape(shape)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held."""
-        return sum(b.nbytes for b in self._buffers.values())

@@ -27,11 +27,6 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.hstack([rot, (dm - rot @ sm)[:, None]])
 
 
-def template_points(template: np.ndarray, size: int) -> np.ndarray:
-    """A normalised (0..1) template scaled to a ``size``-pixel crop."""
-    return template * size
-
-
 def crop(image: np.ndarray, matrix: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
     """The ``size``×``size`` aligned crop (``warpAffine`` reads only the pixels it needs)."""
     return cv2.warpAffine(image, matrix, (size, size), dst=out, flags=cv2.INTER_LINEAR,

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from livefuse.app import Engine
 from livefuse.config import Settings
 from livefuse.faces import Faces
 from livefuse.frame import Frame
@@ -115,15 +114,6 @@ class LiveSwapper:
         state = self._controls.state
         if state.swap and state.swapper is not None:
             state.swapper.swap(image, faces)
-
-
-def build_swapper(engine: Engine, settings: Settings, photo: Path) -> Swapper:
-    """``engine.swapper(photo)`` built for ``settings`` (a session's own choices).
-
-    Blocking (the photo is analysed): run it in an executor. The models' runners stay
-    the engine's, shared by every session; the swap stage itself is new.
-    """
-    return engine.swapper(photo, settings)
 
 
 def with_choices(settings: Settings, **choices: Any) -> Settings:

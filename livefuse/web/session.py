@@ -32,7 +32,6 @@ from livefuse.web.controls import (
     LiveSwapper,
     SwapControls,
     SwapState,
-    build_swapper,
     with_choices,
 )
 from livefuse.web.errors import ApiError, SessionLimit, SessionNotFound
@@ -374,7 +373,8 @@ class SessionManager:
     def _build(self, settings: Settings, photo: Path, name: str) -> Swapper:
         """The session's swap stage for ``photo`` (executor thread)."""
         try:
-            return build_swapper(self.engine, settings, photo)
+            # Blocking (the photo is analysed); the runners stay the engine's, shared.
+            return self.engine.swapper(photo, settings)
         except LivefuseError as exc:
             # Messages name the file; users know it by its name here (and an upload's
             # private path is nobody's business).
