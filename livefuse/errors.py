@@ -47,3 +47,7 @@ class EngineMismatch(LivefuseError):
 
     The live path never rebuilds engines: the message says what differs and the build command.
     """
+
+
+class KernelError(LivefuseError):
+    """The GPU frame path's kernels could not be compiled, loaded or launched."""

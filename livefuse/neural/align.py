@@ -50,6 +50,15 @@ def paste_region(
     return x0, y0, x1, y1
 
 
+def paste_box(mask: np.ndarray, matrix: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
+    """The frame box x0, y0, x1, y1 that pasting a crop with ``mask`` through ``matrix``
+    (frame → crop) can change; None when the mask is empty or the box is off-frame."""
+    support = cv2.boundingRect((mask > 0).view(np.uint8))
+    if support[2] == 0:
+        return None
+    return paste_region(cv2.invertAffineTransform(matrix), support, shape)
+
+
 def paste_back(
     frame: np.ndarray, face: np.ndarray, mask: np.ndarray, matrix: np.ndarray, scratch: Scratch
 ) -> None:
@@ -72,12 +81,11 @@ def paste_back(
     np.multiply(1.0 - mask, 255, out=keep_crop)
     np.rint(keep_crop, out=keep_crop)  # rounded, as the premultiplied face is: no bias
     np.copyto(packed[..., 3], keep_crop, casting="unsafe")
-    support = cv2.boundingRect((mask > 0).view(np.uint8))
-    inverse = cv2.invertAffineTransform(matrix)
-    box = paste_region(inverse, support, frame.shape)
-    if box is None or support[2] == 0:
+    box = paste_box(mask, matrix, frame.shape)
+    if box is None:
         return
     x0, y0, x1, y1 = box
+    inverse = cv2.invertAffineTransform(matrix)
     w, h = x1 - x0, y1 - y0
     inverse[:, 2] -= (x0, y0)  # into the box's own coordinates
     warped = scratch.get("paste_warped", (h, w, 4), np.uint8)

@@ -21,6 +21,7 @@ from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
 import numpy as np
+from cuda.bindings import driver
 from cuda.bindings import runtime as cudart
 
 from livefuse.errors import LivefuseError
@@ -56,9 +57,14 @@ class CudaError(LivefuseError):
 
 
 def describe(err: Any) -> str:
-    """``cudaErrorNoDevice (no CUDA-capable device is detected)`` for a ``cudaError_t``."""
-    _, name = cudart.cudaGetErrorName(err)
-    _, text = cudart.cudaGetErrorString(err)
+    """``cudaErrorNoDevice (no CUDA-capable device is detected)`` for a ``cudaError_t`` (runtime
+    API) or a ``CUresult`` (driver API, used for loading and launching kernels)."""
+    if isinstance(err, driver.CUresult):
+        _, name = driver.cuGetErrorName(err)
+        _, text = driver.cuGetErrorString(err)
+    else:
+        _, name = cudart.cudaGetErrorName(err)
+        _, text = cudart.cudaGetErrorString(err)
     return f"{name.decode()} ({text.decode()})"
 
 
@@ -68,7 +74,7 @@ def check(result: Any, what: str) -> Any:
     The one error-check point: every call in livefuse goes through here.
     """
     err, *values = result if isinstance(result, tuple) else (result,)
-    if err != _OK:
+    if err != _OK:  # both APIs' enums are IntEnums with success = 0
         fix = _FIXES.get(err, "run 'livefuse doctor' to check the driver and GPU")
         raise CudaError(f"CUDA: {what} failed: {describe(err)}; {fix}", int(err))
     if not values:

@@ -1,0 +1,1 @@
+"""The GPU-resident frame path: kernels (kernels.cu), their compilers and launchers."""

@@ -1,0 +1,205 @@
+// livefuse's GPU frame path: face crop + model input, model output + paste-back, and
+// BGR -> YUV 4:2:0 for the virtual camera or an encoder.
+//
+// One source, two compilers: NVRTC compiles it for the GPU (livefuse/gpu/nvrtc.py), and g++
+// compiles it with emulate.hpp (-DLF_EMULATE) into a CPU library that runs every thread of a
+// launch in a loop, so the tests check these very kernels against the CPU path on machines
+// without a GPU. Hence: plain C++ with no headers, no shared memory, no warp intrinsics, one
+// thread per output pixel (or 2x2 block), and floating point written out the same on both.
+//
+// Conventions (the same as livefuse.neural.align and OpenCV's warpAffine):
+// - frames are interleaved BGR uint8 with a row pitch in bytes;
+// - pixel centres are at integer coordinates; bilinear sampling; texels outside an image
+//   read as 0 (BORDER_CONSTANT);
+// - an affine maps x' = a x + b y + c, y' = d x + e y + f.
+
+#ifdef LF_EMULATE
+#include "emulate.hpp"
+#else
+#define LF_KERNEL extern "C" __global__ void
+#define LF_INLINE __device__ __forceinline__
+#endif
+
+#define LF_KERNEL_NAMES(X) X(lf_crop_input) X(lf_paste_output) X(lf_bgr_to_yuv420)
+
+struct LfAffine {
+    float a, b, c, d, e, f;
+};
+
+// Model input layout: value = pixel * scale[c] + offset[c] for model channel c.
+struct LfInput {
+    float scale[3];
+    float offset[3];
+    int rgb;   // model channel 0 is red
+    int nchw;  // planar (N,3,S,S) rather than (N,S,S,3)
+    int half;  // write IEEE fp16 instead of fp32
+};
+
+// Model output layout: pixel = clip((value - lo) * 255 / (hi - lo), 0, 255), truncated.
+struct LfOutput {
+    float lo, hi;
+    int rgb, nchw, half;
+};
+
+// A 3x4 affine colour map on BGR (livefuse.swap.blend.colour_transfer), or none.
+struct LfColour {
+    float m[12];
+    int on;
+};
+
+#ifndef LF_EMULATE
+LF_INLINE unsigned short lf_f2h(float v) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+}
+
+LF_INLINE float lf_h2f(unsigned short h) {
+    float v;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(v) : "h"(h));
+    return v;
+}
+#endif
+
+LF_INLINE float lf_texel(const unsigned char* img, int pitch, int w, int h, int x, int y, int c) {
+    return (x >= 0 && y >= 0 && x < w && y < h) ? (float)img[y * pitch + x * 3 + c] : 0.0f;
+}
+
+// Bilinear BGR sample at (sx, sy); fractions are kept (no rounding to uint8 in between).
+LF_INLINE void lf_sample_bgr(const unsigned char* img, int pitch, int w, int h, float sx, float sy, float* bgr) {
+    float fx = floorf(sx), fy = floorf(sy);
+    int x0 = (int)fx, y0 = (int)fy;
+    float ax = sx - fx, ay = sy - fy;
+    for (int c = 0; c < 3; ++c) {
+        float top = (1.0f - ax) * lf_texel(img, pitch, w, h, x0, y0, c) + ax * lf_texel(img, pitch, w, h, x0 + 1, y0, c);
+        float bottom =
+            (1.0f - ax) * lf_texel(img, pitch, w, h, x0, y0 + 1, c) + ax * lf_texel(img, pitch, w, h, x0 + 1, y0 + 1, c);
+        bgr[c] = (1.0f - ay) * top + ay * bottom;
+    }
+}
+
+// Grid: (ceil(S/bx), ceil(S/by), faces). Face n's crop pixel (x, y) samples the frame at
+// to_frame[n] (x, y) and is written, normalised, straight into the model's input batch.
+LF_KERNEL lf_crop_input(const unsigned char* frame, int pitch, int width, int height, const LfAffine* to_frame,
+                        int size, LfInput fmt, void* out) {
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    int n = blockIdx.z;
+    if (x >= size || y >= size) return;
+    LfAffine m = to_frame[n];
+    float bgr[3];
+    lf_sample_bgr(frame, pitch, width, height, m.a * x + m.b * y + m.c, m.d * x + m.e * y + m.f, bgr);
+    for (int c = 0; c < 3; ++c) {
+        float v = bgr[fmt.rgb ? 2 - c : c] * fmt.scale[c] + fmt.offset[c];
+        long i = fmt.nchw ? (((long)n * 3 + c) * size + y) * size + x : (((long)n * size + y) * size + x) * 3 + c;
+        if (fmt.half) {
+            ((unsigned short*)out)[i] = lf_f2h(v);
+        } else {
+            ((float*)out)[i] = v;
+        }
+    }
+}
+
+LF_INLINE float lf_output_value(const void* out, const LfOutput& fmt, long i) {
+    return fmt.half ? lf_h2f(((const unsigned short*)out)[i]) : ((const float*)out)[i];
+}
+
+LF_INLINE float lf_saturate(float v) {
+    return fminf(fmaxf(v, 0.0f), 255.0f);
+}
+
+// One model output pixel as the CPU path makes it (CropSpec.to_image, then cv2.transform
+// with the colour map): BGR, whole numbers 0..255.
+LF_INLINE void lf_face_pixel(const void* out, const LfOutput& fmt, const LfColour& colour, int size, int x, int y,
+                             float* bgr) {
+    float k = 255.0f / (fmt.hi - fmt.lo);
+    for (int c = 0; c < 3; ++c) {
+        int channel = fmt.rgb ? 2 - c : c;
+        long i = fmt.nchw ? ((long)channel * size + y) * size + x : ((long)y * size + x) * 3 + channel;
+        bgr[c] = floorf(lf_saturate((lf_output_value(out, fmt, i) - fmt.lo) * k));
+    }
+    if (!colour.on) return;
+    float b = bgr[0], g = bgr[1], r = bgr[2];
+    for (int c = 0; c < 3; ++c) {
+        const float* row = colour.m + 4 * c;
+        bgr[c] = rintf(lf_saturate(row[0] * b + row[1] * g + row[2] * r + row[3]));
+    }
+}
+
+// Grid covers the w x h frame box at (x0, y0). Each frame pixel maps into the crop with
+// to_crop, and blends the premultiplied face (face * mask) over frame * (1 - mask), rounding
+// where livefuse.neural.align.paste_back rounds. Where the mask is 0 the pixel is unchanged.
+// `out` is face n's model output, `mask` its S x S float blend mask.
+LF_KERNEL lf_paste_output(unsigned char* frame, int pitch, int x0, int y0, int w, int h, const void* out,
+                          LfOutput fmt, int size, const float* mask, LfAffine to_crop, LfColour colour) {
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= w || y >= h) return;
+    float fx = (float)(x0 + x), fy = (float)(y0 + y);
+    float u = to_crop.a * fx + to_crop.b * fy + to_crop.c;
+    float v = to_crop.d * fx + to_crop.e * fy + to_crop.f;
+    float fu = floorf(u), fv = floorf(v);
+    int u0 = (int)fu, v0 = (int)fv;
+    float au = u - fu, av = v - fv;
+    float add[3] = {0.0f, 0.0f, 0.0f};
+    float keep = 0.0f;
+    for (int j = 0; j < 2; ++j) {
+        for (int i = 0; i < 2; ++i) {
+            float weight = (i ? au : 1.0f - au) * (j ? av : 1.0f - av);
+            int cu = u0 + i, cv = v0 + j;
+            if (cu < 0 || cv < 0 || cu >= size || cv >= size) {
+                keep += weight * 255.0f;  // outside the crop: all frame, nothing added
+                continue;
+            }
+            float alpha = mask[cv * size + cu];
+            float bgr[3];
+            lf_face_pixel(out, fmt, colour, size, cu, cv, bgr);
+            for (int c = 0; c < 3; ++c) add[c] += weight * rintf(bgr[c] * alpha);
+            keep += weight * rintf((1.0f - alpha) * 255.0f);
+        }
+    }
+    // Where the mask is 0, keep is 255 and add 0: px * 255 / 255 gives px back exactly.
+    keep = rintf(keep);
+    unsigned char* px = frame + (long)(y0 + y) * pitch + (long)(x0 + x) * 3;
+    for (int c = 0; c < 3; ++c) {
+        float kept = rintf(px[c] * keep / 255.0f);
+        px[c] = (unsigned char)lf_saturate(kept + rintf(add[c]));
+    }
+}
+
+LF_INLINE float lf_luma(float b, float g, float r) {
+    return rintf(16.0f + 0.256788f * r + 0.504129f * g + 0.097906f * b);
+}
+
+// Grid covers (width/2, height/2): each thread converts one 2x2 block (BT.601, limited range,
+// chroma from the block's mean). nv12: u_plane holds interleaved U,V and v_plane is unused;
+// otherwise (I420) u_plane and v_plane are separate planes with uv_pitch.
+LF_KERNEL lf_bgr_to_yuv420(const unsigned char* frame, int pitch, int width, int height, unsigned char* y_plane,
+                           int y_pitch, unsigned char* u_plane, unsigned char* v_plane, int uv_pitch, int nv12) {
+    int bx = blockIdx.x * blockDim.x + threadIdx.x;
+    int by = blockIdx.y * blockDim.y + threadIdx.y;
+    if (2 * bx >= width || 2 * by >= height) return;
+    float sb = 0.0f, sg = 0.0f, sr = 0.0f;
+    for (int j = 0; j < 2; ++j) {
+        for (int i = 0; i < 2; ++i) {
+            const unsigned char* px = frame + (long)(2 * by + j) * pitch + (long)(2 * bx + i) * 3;
+            float b = px[0], g = px[1], r = px[2];
+            y_plane[(long)(2 * by + j) * y_pitch + 2 * bx + i] = (unsigned char)lf_luma(b, g, r);
+            sb += b;
+            sg += g;
+            sr += r;
+        }
+    }
+    sb *= 0.25f;
+    sg *= 0.25f;
+    sr *= 0.25f;
+    unsigned char cb = (unsigned char)lf_saturate(rintf(128.0f - 0.148223f * sr - 0.290993f * sg + 0.439216f * sb));
+    unsigned char cr = (unsigned char)lf_saturate(rintf(128.0f + 0.439216f * sr - 0.367788f * sg - 0.071427f * sb));
+    if (nv12) {
+        u_plane[(long)by * uv_pitch + 2 * bx] = cb;
+        u_plane[(long)by * uv_pitch + 2 * bx + 1] = cr;
+    } else {
+        u_plane[(long)by * uv_pitch + bx] = cb;
+        v_plane[(long)by * uv_pitch + bx] = cr;
+    }
+}
