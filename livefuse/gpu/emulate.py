@@ -67,7 +67,7 @@ class EmulatedKernels:
         self._block = (ctypes.c_uint * 3)()
 
     def launch(self, pack: ArgPack, grid: Dim3, block: Dim3, stream: object) -> None:
-        self._grid[:], self._block[:] = grid, block
+        self._grid[:], self._block[:] = list(grid), list(block)
         if self._run(pack.kernel.encode(), self._grid, self._block, pack.address) != 0:
             raise KernelError(f"the kernel emulator has no kernel {pack.kernel!r}")
 
