@@ -13,14 +13,17 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from livefuse.errors import KernelError
 from livefuse.gpu.kernels import ArgPack, Dim3, source_digest
 from livefuse.models.files import atomic_path
+from livefuse.runtime.base import Runner
 
 #: -ffp-contract=off: no fused multiply-adds, as NVRTC is told (--fmad=false), so that both
 #: round the same way.
@@ -139,3 +142,29 @@ class HostDevice:
     def copy_d2d(self, dst: HostArray, src: HostArray, nbytes: int, stream: object) -> None:
         dst.array[:nbytes] = src.array[:nbytes]
 
+
+
+def view(ptr: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A numpy view of emulated device memory at ``ptr`` (no copy)."""
+    kind = np.dtype(dtype)
+    count = int(np.prod(shape))
+    raw = (ctypes.c_byte * (count * kind.itemsize)).from_address(ptr)
+    return np.frombuffer(raw, dtype=kind, count=count).reshape(shape)
+
+
+class HostModel:
+    """:class:`livefuse.gpu.path.DeviceModel` over emulated device memory: a CPU runner reads
+    its inputs from and writes its outputs to :class:`HostArray` addresses."""
+
+    def __init__(self, runner: Runner, item_shapes: Mapping[str, tuple[int, ...]], dtype: Any = np.float32) -> None:
+        self.runner = runner
+        self.item_shapes = dict(item_shapes)
+        self.dtype = np.dtype(dtype)
+        self.calls = 0
+
+    def infer_device(self, inputs: Mapping[str, int], outputs: Mapping[str, int], batch: int, stream: Any) -> None:
+        feeds = {name: view(ptr, (batch, *self.item_shapes[name]), self.dtype) for name, ptr in inputs.items()}
+        results = dict(zip((spec.name for spec in self.runner.outputs), self.runner.infer(feeds)))
+        for name, ptr in outputs.items():
+            view(ptr, (batch, *self.item_shapes[name]), self.dtype)[...] = results[name]
+        self.calls += 1

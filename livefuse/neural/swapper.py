@@ -50,6 +50,30 @@ def box_mask(size: int, blur: float = 0.3) -> np.ndarray:
     return mask
 
 
+def face_mask(
+    box: np.ndarray, faces: Faces, i: int, matrix: np.ndarray, keep_mouth: bool, scratch: Scratch
+) -> np.ndarray:
+    """Face ``i``'s blend mask in its crop (a new array): the feathered ``box`` ∧ the face
+    outline from the mesh where there is one, with the mouth interior left out when asked."""
+    if faces.landmarks is None:
+        return box.copy()
+    size = box.shape[0]
+    pts = faces.landmarks[i, :, :2] @ matrix[:, :2].T + matrix[:, 2]
+    mouth = [pts[MOUTH_INNER]] if keep_mouth else []
+    # The outline keeps the paste to the face itself: a smaller region to blend than the
+    # whole crop, and no square edge across hair or background.
+    outline = feathered_mask((size, size), pts[FACE_OVAL], mouth, 0.06 * size, scratch, factor=4)
+    return np.minimum(outline, box)
+
+
+def settle_mask(mask: np.ndarray, opacity: float) -> None:
+    """Scale ``mask`` by ``opacity`` and zero what is below one grey level, in place: those
+    pixels are then never touched by the paste."""
+    if opacity < 1:
+        mask *= opacity
+    cv2.threshold(mask, 1 / 255, 0, cv2.THRESH_TOZERO, dst=mask)
+
+
 def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
     """2×3 matrix of ``outer ∘ inner⁻¹`` (from ``inner``'s crop to ``outer``'s crop)."""
     a = np.vstack([outer, [0, 0, 1]])
@@ -137,26 +161,15 @@ class NeuralSwapper:
         return face
 
     def _mask(self, target: np.ndarray, faces: Faces, i: int, matrix: np.ndarray) -> np.ndarray:
-        """The crop's blend mask: feathered box ∧ face outline (from the mesh) ∧ visible
-        (occluder) ∧ face parts (parser), with the mouth left out when asked."""
-        size = self.model.crop.size
-        if faces.landmarks is not None:
-            pts = faces.landmarks[i, :, :2] @ matrix[:, :2].T + matrix[:, 2]
-            mouth = [pts[MOUTH_INNER]] if self.config.keep_mouth and self.parser is None else []
-            # The outline keeps the paste to the face itself: a smaller region to blend than
-            # the whole crop, and no square edge across hair or background.
-            outline = feathered_mask((size, size), pts[FACE_OVAL], mouth, 0.06 * size, self._scratch, factor=4)
-            mask = np.minimum(outline, self._box)
-        else:
-            mask = self._box.copy()
+        """The crop's blend mask: :func:`face_mask` ∧ visible (occluder) ∧ face parts (parser),
+        with the mouth left out when asked."""
+        keep_mouth = self.config.keep_mouth and self.parser is None
+        mask = face_mask(self._box, faces, i, matrix, keep_mouth, self._scratch)
         if self.occluder is not None:
             np.minimum(mask, self.occluder.visible(target), out=mask)
         if self.parser is not None:
             np.minimum(mask, self.parser.region(target, self.config.keep_mouth), out=mask)
-        if self.config.opacity < 1:
-            mask *= self.config.opacity
-        # Exact zeros below one grey level: those pixels are never touched by the paste.
-        cv2.threshold(mask, 1 / 255, 0, cv2.THRESH_TOZERO, dst=mask)
+        settle_mask(mask, self.config.opacity)
         return mask
 
     def _enhanced(

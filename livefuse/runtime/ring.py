@@ -203,11 +203,18 @@ class PinnedRing(Generic[D]):
             return True
 
     def submit(
-        self, slot: Slot[D], compute: Compute[D], in_nbytes: int | None = None, out_nbytes: int | None = None
+        self,
+        slot: Slot[D],
+        compute: Compute[D],
+        in_nbytes: int | None = None,
+        out_nbytes: int | None = None,
+        download: D | None = None,
     ) -> None:
         """Queue ``slot``'s upload, ``compute`` and download; returns without waiting.
 
         ``in_nbytes``/``out_nbytes`` copy only that much (frames smaller than the slot).
+        ``download`` names the device buffer to bring back instead of ``slot.dev_out`` (e.g.
+        ``slot.dev_in`` when the compute edits the frame in place: no device-side copy).
         """
         with self._cond:
             self._check_open()
@@ -230,7 +237,7 @@ class PinnedRing(Generic[D]):
             raise
         slot.computed.record(self.compute)
         self.d2h.wait(slot.computed)
-        self.device.copy_d2h(slot.host_out, slot.dev_out, n_out, self.d2h)
+        self.device.copy_d2h(slot.host_out, slot.dev_out if download is None else download, n_out, self.d2h)
         slot.done.record(self.d2h)
 
     def result(self, slot: Slot[D], timeout: float | None = None) -> np.ndarray | None:

@@ -1,0 +1,304 @@
+"""Neural face swap with the frame resident on the GPU: one upload and one download per frame.
+
+    host      frame + per-face data (crop → frame affines, source latents, blend masks)
+              written into a pinned ring slot
+    upload    the slot, one copy
+    GPU       lf_crop_input      every face → the model's input batch (normalised, fp16/fp32)
+              model              one batched call, device memory to device memory
+              lf_paste_output    each face into its own box of the frame, in place
+              lf_bgr_to_yuv420   for NV12/I420 output (BGR output: the frame itself comes back)
+    download  one copy
+
+No face crop travels to the host and back. The host keeps the cheap per-face geometry: the
+five-point similarity fit, the mesh outline mask and the paste box.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol
+
+import cv2
+import numpy as np
+
+from livefuse.faces import Faces
+from livefuse.gpu.kernels import BLOCK, ArgPack, InputFormat, Kernels, OutputFormat, grid_for
+from livefuse.neural.align import paste_box
+from livefuse.neural.crop import CropSpec
+from livefuse.neural.swapper import NeuralConfig, box_mask, face_mask, settle_mask
+from livefuse.runtime.ring import D, DeviceOps, PinnedRing, Slot, Stream
+from livefuse.scratch import Scratch
+
+log = logging.getLogger(__name__)
+
+#: What comes back per frame: the swapped BGR frame, or it converted for a camera or encoder.
+OUTPUTS = ("bgr", "nv12", "i420")
+
+#: Offsets inside a slot are multiples of this (aligned loads for the kernels and copies).
+ALIGN = 256
+
+
+class DeviceModel(Protocol):
+    """A model that reads its inputs from and writes its outputs to device memory."""
+
+    def infer_device(self, inputs: Mapping[str, int], outputs: Mapping[str, int], batch: int, stream: Any) -> None:
+        """Queue one call on ``stream``: tensor name → device address, ``batch`` items."""
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """The swap model's tensors as the frame path feeds them."""
+
+    target: str
+    source: str
+    output: str
+    latent_size: int
+    half_input: bool = False
+    half_output: bool = False
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+@dataclass(frozen=True)
+class SlotLayout:
+    """Where the frame and the per-face data sit in a slot's upload, and the download's size."""
+
+    width: int
+    height: int
+    size: int
+    max_faces: int
+    latent_size: int
+    output: str
+
+    @property
+    def frame_nbytes(self) -> int:
+        return self.width * self.height * 3
+
+    @property
+    def affines_at(self) -> int:
+        return _aligned(self.frame_nbytes)
+
+    @property
+    def latents_at(self) -> int:
+        return _aligned(self.affines_at + self.max_faces * 6 * 4)
+
+    @property
+    def masks_at(self) -> int:
+        return _aligned(self.latents_at + self.max_faces * self.latent_size * 4)
+
+    @property
+    def mask_nbytes(self) -> int:
+        return self.size * self.size * 4
+
+    def in_nbytes(self, faces: int) -> int:
+        """Bytes to upload for a frame with ``faces`` faces."""
+        return self.masks_at + faces * self.mask_nbytes
+
+    @property
+    def out_nbytes(self) -> int:
+        return self.frame_nbytes if self.output == "bgr" else self.width * self.height * 3 // 2
+
+    def host_views(self, buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Frame (H, W, 3) uint8, affines (F, 2, 3), latents (F, L) and masks (F, S, S) float32."""
+        f, s = self.max_faces, self.size
+        frame = buffer[: self.frame_nbytes].reshape(self.height, self.width, 3)
+        affines = buffer[self.affines_at : self.affines_at + f * 24].view(np.float32).reshape(f, 2, 3)
+        latents = buffer[self.latents_at : self.latents_at + f * self.latent_size * 4].view(np.float32)
+        masks = buffer[self.masks_at : self.masks_at + f * self.mask_nbytes].view(np.float32).reshape(f, s, s)
+        return frame, affines, latents.reshape(f, self.latent_size), masks
+
+
+@dataclass(frozen=True)
+class _Paste:
+    """One face's paste: its index in the batch, frame box and frame → crop matrix."""
+
+    index: int
+    box: tuple[int, int, int, int]
+    matrix: np.ndarray
+
+
+@dataclass
+class GpuSwapPath(Generic[D]):
+    """Swaps faces with the frame on the GPU. ``latents[k]`` is the model's source input for
+    source ``k``. ``submit``/``result``/``release`` keep up to ``slots`` frames in flight;
+    ``swap`` is the one-frame-at-a-time :class:`livefuse.pipeline.stages.Swapper`.
+
+    Colour matching, sharpening, the enhancer and the occluder/parser masks are not done on
+    this path yet (the CPU :class:`livefuse.neural.swapper.NeuralSwapper` does them).
+    """
+
+    device: DeviceOps[D]
+    kernels: Kernels
+    model: DeviceModel
+    io: ModelIO
+    crop: CropSpec
+    latents: np.ndarray
+    width: int
+    height: int
+    max_faces: int = 8
+    slots: int = 3
+    output: str = "bgr"
+    config: NeuralConfig = field(default_factory=NeuralConfig)
+    faces_swapped: int = 0
+    faces_skipped: int = 0
+
+    def __post_init__(self) -> None:
+        self._check()
+        s = self.crop.size
+        self.layout = SlotLayout(self.width, self.height, s, self.max_faces, self.io.latent_size, self.output)
+        self.latents = np.ascontiguousarray(self.latents, np.float32)
+        self.ring = PinnedRing(self.device, self.slots, self.layout.in_nbytes(self.max_faces), self.layout.out_nbytes)
+        self._item = 3 * s * s * (2 if self.io.half_output else 4)
+        self._blob = self.device.device_buffer(self.max_faces * 3 * s * s * (2 if self.io.half_input else 4))
+        self._out = self.device.device_buffer(self.max_faces * self._item)
+        self._crop_args, self._paste_args = self._packs()
+        self._yuv_args = ArgPack("lf_bgr_to_yuv420")
+        self._box = box_mask(s)
+        self._scratch = Scratch()
+        self._changed: dict[int, list[tuple[int, int, int, int]]] = {}
+        if self.config.colour or self.config.sharpness > 0:
+            log.info("the GPU frame path does not match colour or sharpen yet; those settings are ignored")
+
+    def _check(self) -> None:
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, not {self.output!r}")
+        if self.output != "bgr" and (self.width % 2 or self.height % 2):
+            raise ValueError(f"{self.output} needs an even frame size, not {self.width}x{self.height}")
+        if self.max_faces < 1 or self.latents.ndim != 2 or self.latents.shape[1] != self.io.latent_size:
+            raise ValueError(f"need max_faces >= 1 and latents of shape (k, {self.io.latent_size})")
+
+    def _packs(self) -> tuple[ArgPack, ArgPack]:
+        """The crop and paste launches' argument packs, with their fixed formats filled in."""
+        spec = self.crop
+        crop = ArgPack("lf_crop_input")
+        fmt: InputFormat = crop.values[6]
+        fmt.scale[:] = [float(v) for v in 1 / (255 * spec.std)]
+        fmt.offset[:] = [float(v) for v in -spec.mean / spec.std]
+        fmt.rgb, fmt.nchw, fmt.half = int(spec.rgb), int(spec.nchw), int(self.io.half_input)
+        paste = ArgPack("lf_paste_output")
+        out: OutputFormat = paste.values[7]
+        out.lo, out.hi = spec.output_range
+        out.rgb, out.nchw, out.half = int(spec.rgb), int(spec.nchw), int(self.io.half_output)
+        paste.values[11].set(None)
+        return crop, paste
+
+    def submit(self, image: np.ndarray, faces: Faces, pairs: Sequence[tuple[int, int]]) -> Slot[D]:
+        """Queue ``image`` with source ``k`` onto face ``i`` for each (i, k); returns its slot
+        (blocks while every slot is in flight)."""
+        if image.shape != (self.height, self.width, 3):
+            raise ValueError(f"frame is {image.shape}, this path was made for {(self.height, self.width, 3)}")
+        if len(pairs) > self.max_faces:
+            self.faces_skipped += len(pairs) - self.max_faces
+            pairs = pairs[: self.max_faces]
+        slot = self.ring.acquire()
+        assert slot is not None  # no timeout: acquire waits
+        try:
+            pastes = self._fill(slot.host_in, image, faces, pairs)
+            compute = functools.partial(self._compute, faces=len(pairs), pastes=pastes)
+            download = slot.dev_in if self.output == "bgr" else None
+            self.ring.submit(slot, compute, in_nbytes=self.layout.in_nbytes(len(pairs)), download=download)
+        except BaseException:
+            self.ring.release(slot)
+            raise
+        self._changed[slot.index] = [paste.box for paste in pastes]
+        self.faces_swapped += len(pastes)
+        return slot
+
+    def _fill(
+        self, buffer: np.ndarray, image: np.ndarray, faces: Faces, pairs: Sequence[tuple[int, int]]
+    ) -> list[_Paste]:
+        """Write the frame and each face's affine, latent and mask into a slot's upload."""
+        frame, affines, latents, masks = self.layout.host_views(buffer)
+        np.copyto(frame, image)  # the frame's one host copy: into pinned memory for the upload
+        pastes = []
+        for j, (i, k) in enumerate(pairs):
+            matrix = self.crop.matrix(faces.kps[i])
+            mask = face_mask(self._box, faces, i, matrix, self.config.keep_mouth, self._scratch)
+            settle_mask(mask, self.config.opacity)
+            affines[j] = cv2.invertAffineTransform(matrix)
+            latents[j] = self.latents[k]
+            masks[j] = mask
+            box = paste_box(mask, matrix, image.shape)
+            if box is not None:
+                pastes.append(_Paste(j, box, matrix))
+        return pastes
+
+    def _compute(self, slot: Slot[D], stream: Stream, faces: int, pastes: Sequence[_Paste]) -> None:
+        """The GPU part of one frame, queued on ``stream``."""
+        frame, layout, s = _ptr(slot.dev_in), self.layout, self.crop.size
+        pitch, w, h = self.width * 3, self.width, self.height
+        if faces:
+            self._crop_args.set(frame, pitch, w, h, frame + layout.affines_at, s, None, _ptr(self._blob))
+            self.kernels.launch(self._crop_args, grid_for(s, s, faces), BLOCK, stream)
+            feeds = {self.io.target: _ptr(self._blob), self.io.source: frame + layout.latents_at}
+            self.model.infer_device(feeds, {self.io.output: _ptr(self._out)}, faces, stream)
+        for paste in pastes:
+            x0, y0, x1, y1 = paste.box
+            self._paste_args.values[10].set(paste.matrix)
+            mask = frame + layout.masks_at + paste.index * layout.mask_nbytes
+            output = _ptr(self._out) + paste.index * self._item
+            self._paste_args.set(frame, pitch, x0, y0, x1 - x0, y1 - y0, output, None, s, mask, None, None)
+            self.kernels.launch(self._paste_args, grid_for(x1 - x0, y1 - y0), BLOCK, stream)
+        if self.output != "bgr":
+            self._convert(frame, _ptr(slot.dev_out), stream)
+
+    def _convert(self, frame: int, out: int, stream: Stream) -> None:
+        w, h = self.width, self.height
+        chroma = out + w * h
+        if self.output == "nv12":
+            self._yuv_args.set(frame, w * 3, w, h, out, w, chroma, 0, w, 1)
+        else:
+            self._yuv_args.set(frame, w * 3, w, h, out, w, chroma, chroma + w * h // 4, w // 2, 0)
+        self.kernels.launch(self._yuv_args, grid_for(w // 2, h // 2), BLOCK, stream)
+
+    def result(self, slot: Slot[D], timeout: float | None = None) -> np.ndarray | None:
+        """The slot's output once downloaded: (H, W, 3) BGR, or (H·3/2, W) NV12/I420; a view
+        into pinned memory, valid until ``release``. None if ``timeout`` passes first."""
+        out = self.ring.result(slot, timeout)
+        if out is None:
+            return None
+        if self.output == "bgr":
+            return out.reshape(self.height, self.width, 3)
+        return out.reshape(self.height * 3 // 2, self.width)
+
+    def release(self, slot: Slot[D]) -> None:
+        self.ring.release(slot)
+
+    def boxes(self, slot: Slot[D]) -> list[tuple[int, int, int, int]]:
+        """The frame boxes (x0, y0, x1, y1) the slot's frame was changed in."""
+        return self._changed[slot.index]
+
+    def swap(self, image: np.ndarray, faces: Faces) -> None:
+        """Put source 0 onto every face of ``image``, in place, one frame at a time. Only the
+        faces' boxes are copied back into ``image``."""
+        if self.output != "bgr":
+            raise ValueError("swap() edits a BGR frame in place: make the path with output='bgr'")
+        slot = self.submit(image, faces, [(i, 0) for i in range(len(faces))])
+        try:
+            out = self.result(slot)
+            assert out is not None  # no timeout: result waits
+            for x0, y0, x1, y1 in self.boxes(slot):
+                image[y0:y1, x0:x1] = out[y0:y1, x0:x1]
+        finally:
+            self.release(slot)
+
+    def close(self) -> None:
+        """Wait for frames in flight, then free the ring, the model buffers and the kernels."""
+        self.ring.close()
+        self._blob.close()
+        self._out.close()
+
+    def __enter__(self) -> GpuSwapPath[D]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _ptr(buffer: object) -> int:
+    return int(buffer.ptr)  # type: ignore[attr-defined]

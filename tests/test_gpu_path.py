@@ -1,0 +1,215 @@
+"""The GPU-resident frame path (livefuse/gpu/path.py) against the CPU neural swapper.
+
+Here it runs on the kernel emulator and host memory (HostDevice): the ring, the slot layout,
+the one upload and one download, the batched model call on device buffers, the paste boxes
+and the YUV output are all exercised; only the CUDA calls themselves need a GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from livefuse.faces import Faces
+from livefuse.gpu import emulate
+from livefuse.gpu.path import GpuSwapPath, ModelIO
+from livefuse.neural.models import SwapModel
+from livefuse.neural.swapper import NeuralConfig, NeuralSwapper
+from livefuse.runtime.ort import OrtRunner
+from tests.test_gpu_kernels import TEMPLATE, face_matrix, scene, spec_for
+
+H, W, S = 360, 480, 128
+
+
+def batch_model(path: Path) -> Path:
+    """A small model with inswapper's interface and a dynamic batch: the output depends on
+    both the target crop and the source latent."""
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array(rng.normal(0, 0.3, (3, 3, 3, 3)).astype(np.float32), "w")
+    g = numpy_helper.from_array(rng.normal(0, 0.5, (512, 3)).astype(np.float32), "g")
+    axes = numpy_helper.from_array(np.array([2, 3], np.int64), "axes")
+    nodes = [
+        helper.make_node("Conv", ["target", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("MatMul", ["source", "g"], ["m"]),
+        helper.make_node("Unsqueeze", ["m", "axes"], ["m4"]),
+        helper.make_node("Add", ["c", "m4"], ["a"]),
+        helper.make_node("Sigmoid", ["a"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "batch",
+        [
+            helper.make_tensor_value_info("target", TensorProto.FLOAT, ["n", 3, S, S]),
+            helper.make_tensor_value_info("source", TensorProto.FLOAT, ["n", 512]),
+        ],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["n", 3, S, S])],
+        [w, g, axes],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrtRunner]:
+    with OrtRunner(batch_model(tmp_path_factory.mktemp("model") / "swap.onnx"), threads=1) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return emulate.build(tmp_path_factory.mktemp("emulator"))
+
+
+def faces_at(placements: list[tuple[float, float, tuple[float, float]]]) -> Faces:
+    """Faces whose five points sit where the template lands for each (angle, scale, centre)."""
+    kps = []
+    for angle, scale, centre in placements:
+        inverse = cv2.invertAffineTransform(face_matrix(angle, scale, centre, S))
+        kps.append(TEMPLATE * S @ inverse[:, :2].T + inverse[:, 2])
+    points = np.array(kps, np.float32)
+    boxes = np.concatenate([points.min(1), points.max(1)], 1).astype(np.float32)
+    return Faces(boxes, np.ones(len(points), np.float32), points)
+
+
+LATENTS = np.random.default_rng(5).normal(0, 1, (2, 512)).astype(np.float32)
+LATENTS /= np.linalg.norm(LATENTS, axis=1, keepdims=True)
+SPEC = spec_for(rgb=True, nchw=True)
+CONFIG = NeuralConfig(colour=False)
+
+
+def cpu_swap(runner: OrtRunner, image: np.ndarray, faces: Faces, pairs: list[tuple[int, int]]) -> np.ndarray:
+    out = image.copy()
+    swapper = NeuralSwapper(SwapModel(runner, SPEC, "normed"), LATENTS, CONFIG)
+    swapper.commit(out, swapper.prepare(out, faces, pairs))
+    return out
+
+
+class CountingDevice(emulate.HostDevice):
+    """Counts the host ↔ device copies."""
+
+    def __init__(self) -> None:
+        self.uploads = self.downloads = 0
+
+    def copy_h2d(self, dst: emulate.HostArray, src: np.ndarray, nbytes: int, stream: object) -> None:
+        self.uploads += 1
+        super().copy_h2d(dst, src, nbytes, stream)
+
+    def copy_d2h(self, dst: np.ndarray, src: emulate.HostArray, nbytes: int, stream: object) -> None:
+        self.downloads += 1
+        super().copy_d2h(dst, src, nbytes, stream)
+
+
+def make_path(runner: OrtRunner, library: Path, device: emulate.HostDevice, **options: object) -> GpuSwapPath:
+    model = emulate.HostModel(runner, {"target": (3, S, S), "source": (512,), "output": (3, S, S)})
+    io = ModelIO("target", "source", "output", 512)
+    kernels = emulate.EmulatedKernels(library)
+    return GpuSwapPath(device, kernels, model, io, SPEC, LATENTS, W, H, config=CONFIG, **options)  # type: ignore[arg-type]
+
+
+PLACES = [(0.1, 1.0, (150.0, 140.0)), (-0.3, 0.8, (340.0, 200.0)), (0.5, 1.7, (40.0, 320.0))]
+PAIRS = [(0, 0), (1, 1), (2, 0)]
+
+
+def test_gpu_path_matches_the_cpu_swapper_with_one_upload_and_one_download(runner: OrtRunner, library: Path) -> None:
+    image, faces = scene(H, W, seed=4), faces_at(PLACES)
+    device = CountingDevice()
+    with make_path(runner, library, device, max_faces=4) as path:
+        calls = path.model.calls  # type: ignore[attr-defined]
+        slot = path.submit(image, faces, PAIRS)
+        gpu = path.result(slot).copy()  # type: ignore[union-attr]
+        boxes = path.boxes(slot)
+        path.release(slot)
+        assert path.model.calls == calls + 1  # type: ignore[attr-defined]  # all three faces, one call
+    assert (device.uploads, device.downloads) == (1, 1)
+    cpu = cpu_swap(runner, image, faces, PAIRS)
+    diff = np.abs(gpu.astype(int) - cpu.astype(int))
+    changed = np.any(cpu != image, -1)
+    assert changed.mean() > 0.05
+    # The CPU path rounds its crop to uint8 and OpenCV interpolates in fixed point: a level.
+    assert diff.max() <= 2, diff.max()
+    assert np.mean(diff > 0) < 0.05
+    # Nothing outside the paste boxes changed.
+    inside = np.zeros((H, W), bool)
+    for x0, y0, x1, y1 in boxes:
+        inside[y0:y1, x0:x1] = True
+    assert np.array_equal(gpu[~inside], image[~inside])
+    assert len(boxes) == 3
+
+
+def test_frames_in_flight_keep_their_own_faces(runner: OrtRunner, library: Path) -> None:
+    """Two slots, frames submitted two ahead of their results: each result is its own
+    frame's swap, not a neighbour's."""
+    frames = [scene(H, W, seed=10 + k) for k in range(5)]
+    shifted = [faces_at([(0.1 * k, 1.0, (150.0 + 20 * k, 140.0))]) for k in range(5)]
+    results = []
+    with make_path(runner, library, emulate.HostDevice(), slots=2) as path:
+        pending = []
+        for image, faces in zip(frames, shifted):
+            if len(pending) == 2:
+                slot = pending.pop(0)
+                results.append(path.result(slot).copy())  # type: ignore[union-attr]
+                path.release(slot)
+            pending.append(path.submit(image, faces, [(0, 0)]))
+        for slot in pending:
+            results.append(path.result(slot).copy())  # type: ignore[union-attr]
+            path.release(slot)
+        assert [s.uses for s in path.ring.slots] == [3, 2]
+    for image, faces, gpu in zip(frames, shifted, results):
+        cpu = cpu_swap(runner, image, faces, [(0, 0)])
+        assert np.abs(gpu.astype(int) - cpu.astype(int)).max() <= 2
+
+
+def test_nv12_output_is_the_swapped_frame_converted(runner: OrtRunner, library: Path) -> None:
+    image, faces = scene(H, W, seed=6), faces_at(PLACES[:2])
+    with make_path(runner, library, emulate.HostDevice()) as bgr_path, make_path(
+        runner, library, emulate.HostDevice(), output="nv12"
+    ) as nv12_path:
+        slot = bgr_path.submit(image, faces, PAIRS[:2])
+        bgr = bgr_path.result(slot).copy()  # type: ignore[union-attr]
+        bgr_path.release(slot)
+        slot = nv12_path.submit(image, faces, PAIRS[:2])
+        nv12 = nv12_path.result(slot).copy()  # type: ignore[union-attr]
+        nv12_path.release(slot)
+    assert nv12.shape == (H * 3 // 2, W)
+    luma = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)[:H]
+    assert np.abs(nv12[:H].astype(int) - luma).max() <= 1
+    # Chroma follows the swapped faces too: compare on a blurred copy (OpenCV subsamples).
+    smooth = cv2.GaussianBlur(bgr, (0, 0), 3)
+    cb = cv2.cvtColor(smooth, cv2.COLOR_BGR2YUV_I420)[H : H + H // 4].reshape(H // 2, W // 2)
+    assert np.abs(cv2.GaussianBlur(nv12[H:, 0::2], (0, 0), 1.5).astype(int) - cb).mean() < 2
+
+
+def test_swap_edits_only_the_face_boxes_in_place(runner: OrtRunner, library: Path) -> None:
+    image, faces = scene(H, W, seed=7), faces_at(PLACES[:1])
+    out = image.copy()
+    with make_path(runner, library, emulate.HostDevice()) as path:
+        path.swap(out, faces)
+        assert path.faces_swapped == 1
+    cpu = cpu_swap(runner, image, faces, [(0, 0)])
+    assert np.abs(out.astype(int) - cpu.astype(int)).max() <= 2
+    assert np.any(out != image)
+
+
+def test_more_faces_than_the_batch_holds_are_counted_not_fatal(runner: OrtRunner, library: Path) -> None:
+    image, faces = scene(H, W, seed=8), faces_at(PLACES)
+    with make_path(runner, library, emulate.HostDevice(), max_faces=2) as path:
+        slot = path.submit(image, faces, PAIRS)
+        assert len(path.boxes(slot)) == 2 and path.faces_skipped == 1
+        path.release(slot)
+
+
+def test_a_frame_of_another_size_is_refused_with_the_sizes(runner: OrtRunner, library: Path) -> None:
+    with make_path(runner, library, emulate.HostDevice()) as path:
+        with pytest.raises(ValueError, match=r"\(240, 320, 3\).*\(360, 480, 3\)"):
+            path.submit(np.zeros((240, 320, 3), np.uint8), faces_at(PLACES[:1]), [(0, 0)])
+        # The slot went back: the next frame still gets one.
+        slot = path.submit(scene(H, W), faces_at(PLACES[:1]), [(0, 0)])
+        path.release(slot)
