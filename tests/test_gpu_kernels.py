@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 from livefuse.gpu import emulate
-from livefuse.gpu.kernels import BLOCK, ArgPack, InputFormat, OutputFormat, grid_for
+from livefuse.gpu.kernels import BLOCK, MOMENTS, ArgPack, InputFormat, OutputFormat, grid_for
 from livefuse.neural import align
 from livefuse.neural.crop import CropSpec
 from livefuse.neural.swapper import box_mask
 from livefuse.scratch import Scratch
+from livefuse.swap.blend import colour_transfer, transfer_from_sums
 
 TEMPLATE = np.array([[0.34, 0.46], [0.66, 0.46], [0.5, 0.64], [0.37, 0.82], [0.63, 0.82]], np.float32)
 
@@ -268,5 +269,34 @@ def test_nvrtc_compiles_the_kernels_for_each_gpu_generation(arch: str) -> None:
     cubin = compile_kernels(arch)
     assert cubin[:4] == b"\x7fELF"  # device code, not an error text
     ptx = compile_kernels(arch, cubin=False).decode()
-    for name in ("lf_crop_input", "lf_paste_output", "lf_bgr_to_yuv420"):
+    for name in ("lf_crop_input", "lf_paste_output", "lf_colour_moments", "lf_bgr_to_yuv420"):
         assert f".entry {name}(" in ptx
+
+
+def test_colour_moments_give_the_cpu_colour_transfer(kernels: emulate.EmulatedKernels) -> None:
+    spec = spec_for(rgb=True, nchw=True)
+    frame = scene(seed=3)
+    s, n = spec.size, len(MATRICES)
+    outputs = np.stack([random_output(spec, k) for k in range(n)])
+    to_frame = np.stack([cv2.invertAffineTransform(m) for m in MATRICES]).astype(np.float32)
+    box = box_mask(s)
+    rows = np.full((n, s, MOMENTS), np.nan, np.float32)
+    pack = ArgPack("lf_colour_moments")
+    fmt = OutputFormat(0.0, 1.0, 1, 1, 0)
+    h, w = frame.shape[:2]
+    pack.set(ptr(frame), frame.strides[0], w, h, ptr(to_frame), ptr(outputs), fmt, s, ptr(box), ptr(rows))
+    kernels.launch(pack, grid_for(s, 1, n, (64, 1, 1)), (64, 1, 1), None)
+
+    inside = (box > 0.5).view(np.uint8)
+    for k, m in enumerate(MATRICES):
+        sums = rows[k].sum(0, dtype=np.float64)
+        face = spec.to_image(outputs[k])
+        target = align.crop(frame, m, s)
+        assert sums[12] == cv2.countNonZero(inside)
+        ycc = cv2.cvtColor(face, cv2.COLOR_BGR2YCrCb)[inside > 0].astype(np.float64)
+        assert np.array_equal(sums[:3], ycc.sum(0)) and np.array_equal(sums[3:6], (ycc**2).sum(0))
+        gpu_map, cpu_map = transfer_from_sums(sums), colour_transfer(face, target, box)
+        assert gpu_map is not None and cpu_map is not None
+        # Mapped colours agree within half a grey level over the whole 0..255 cube.
+        corners = np.array([[b, g, r, 1.0] for b in (0, 255) for g in (0, 255) for r in (0, 255)])
+        assert np.abs(corners @ gpu_map.T - corners @ cpu_map.T).max() < 0.5

@@ -123,6 +123,7 @@ def test_gpu_path_matches_the_cpu_swapper_with_one_upload_and_one_download(runne
     device = CountingDevice()
     with make_path(runner, library, device, max_faces=4) as path:
         calls = path.model.calls  # type: ignore[attr-defined]
+        device.uploads = device.downloads = 0  # the box mask's one upload at start is not per frame
         slot = path.submit(image, faces, PAIRS)
         gpu = path.result(slot).copy()  # type: ignore[union-attr]
         boxes = path.boxes(slot)
@@ -213,3 +214,29 @@ def test_a_frame_of_another_size_is_refused_with_the_sizes(runner: OrtRunner, li
         # The slot went back: the next frame still gets one.
         slot = path.submit(scene(H, W), faces_at(PLACES[:1]), [(0, 0)])
         path.release(slot)
+
+
+def test_colour_matching_is_measured_on_the_gpu_and_applied_from_the_next_frame(
+    runner: OrtRunner, library: Path
+) -> None:
+    image, faces = scene(H, W, seed=9), faces_at(PLACES)
+    faces.track_ids = np.array([7, 8, 9], np.int64)
+    config = NeuralConfig(colour=True, colour_every=8)
+    with make_path(runner, library, emulate.HostDevice(), max_faces=4) as path:
+        path.config = config
+        outputs = []
+        for _ in range(2):
+            slot = path.submit(image, faces, PAIRS)
+            outputs.append(path.result(slot).copy())  # type: ignore[union-attr]
+            path.release(slot)
+        assert sorted(path._colours) == [7, 8, 9]
+    plain = cpu_swap(runner, image, faces, PAIRS)
+    matched = image.copy()
+    swapper = NeuralSwapper(SwapModel(runner, SPEC, "normed"), LATENTS, config)
+    swapper.commit(matched, swapper.prepare(matched, faces, PAIRS))
+    assert np.abs(matched.astype(int) - plain.astype(int)).max() > 10  # the map matters here
+    # First frame: nothing measured yet, as without colour matching; then the CPU's result.
+    assert np.abs(outputs[0].astype(int) - plain.astype(int)).max() <= 2
+    diff = np.abs(outputs[1].astype(int) - matched.astype(int))
+    # The map's gain (here up to ~2.5) stretches the one-level crop differences.
+    assert diff.max() <= 4 and np.mean(diff > 2) < 0.002

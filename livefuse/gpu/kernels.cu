@@ -20,7 +20,7 @@
 #define LF_INLINE __device__ __forceinline__
 #endif
 
-#define LF_KERNEL_NAMES(X) X(lf_crop_input) X(lf_paste_output) X(lf_bgr_to_yuv420)
+#define LF_KERNEL_NAMES(X) X(lf_crop_input) X(lf_paste_output) X(lf_colour_moments) X(lf_bgr_to_yuv420)
 
 struct LfAffine {
     float a, b, c, d, e, f;
@@ -165,6 +165,54 @@ LF_KERNEL lf_paste_output(unsigned char* frame, int pitch, int x0, int y0, int w
         float kept = rintf(px[c] * keep / 255.0f);
         px[c] = (unsigned char)lf_saturate(kept + rintf(add[c]));
     }
+}
+
+// OpenCV's 8-bit BGR -> YCrCb, in its own fixed point (14 bits), so the sums below are the
+// very numbers cv2.cvtColor + cv2.meanStdDev see on the CPU path.
+LF_INLINE void lf_ycrcb(const float* bgr, int* ycc) {
+    int b = (int)bgr[0], g = (int)bgr[1], r = (int)bgr[2];
+    int y = (b * 1868 + g * 9617 + r * 4899 + 8192) >> 14;
+    int cr = ((r - y) * 11682 + (128 << 14) + 8192) >> 14;
+    int cb = ((b - y) * 9241 + (128 << 14) + 8192) >> 14;
+    ycc[0] = y;
+    ycc[1] = cr < 0 ? 0 : (cr > 255 ? 255 : cr);
+    ycc[2] = cb < 0 ? 0 : (cb > 255 ? 255 : cb);
+}
+
+// Grid: (ceil(S/bx), 1, faces). Thread y adds up row y of face n's crop where box > 0.5 (the
+// pixels livefuse.swap.blend.colour_transfer measures): the swapped face's Y, Cr, Cb, their
+// squares, the target's likewise, and the count - 13 floats per row in rows[n][y]. Whole
+// numbers, at most 128 * 255^2 per row: exact in fp32. The host adds the rows up.
+LF_KERNEL lf_colour_moments(const unsigned char* frame, int pitch, int width, int height, const LfAffine* to_frame,
+                            const void* out, LfOutput fmt, int size, const float* box, float* rows) {
+    int y = blockIdx.x * blockDim.x + threadIdx.x;
+    int n = blockIdx.z;
+    if (y >= size) return;
+    LfAffine m = to_frame[n];
+    const void* face = (const char*)out + (long)n * 3 * size * size * (fmt.half ? 2 : 4);
+    LfColour none;
+    none.on = 0;
+    float acc[13];
+    for (int k = 0; k < 13; ++k) acc[k] = 0.0f;
+    for (int x = 0; x < size; ++x) {
+        if (box[y * size + x] <= 0.5f) continue;
+        float swapped[3], target[3];
+        lf_face_pixel(face, fmt, none, size, x, y, swapped);
+        lf_sample_bgr(frame, pitch, width, height, m.a * x + m.b * y + m.c, m.d * x + m.e * y + m.f, target);
+        for (int c = 0; c < 3; ++c) target[c] = rintf(target[c]);  // the CPU path's crop is uint8
+        int s[3], t[3];
+        lf_ycrcb(swapped, s);
+        lf_ycrcb(target, t);
+        for (int c = 0; c < 3; ++c) {
+            acc[c] += (float)s[c];
+            acc[3 + c] += (float)(s[c] * s[c]);
+            acc[6 + c] += (float)t[c];
+            acc[9 + c] += (float)(t[c] * t[c]);
+        }
+        acc[12] += 1.0f;
+    }
+    float* row = rows + ((long)n * size + y) * 13;
+    for (int k = 0; k < 13; ++k) row[k] = acc[k];
 }
 
 LF_INLINE float lf_luma(float b, float g, float r) {

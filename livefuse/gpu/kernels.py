@@ -17,6 +17,9 @@ import numpy as np
 #: The kernel source and the emulator's two files, shipped inside the package.
 SOURCES = ("kernels.cu", "emulate.hpp", "emulate.cpp")
 
+#: Floats per crop row that ``lf_colour_moments`` writes.
+MOMENTS = 13
+
 #: Threads per block for the 2-D image kernels: 256 threads, rows of 32 for coalesced reads.
 BLOCK = (32, 8, 1)
 
@@ -77,6 +80,7 @@ _p, _i = ctypes.c_void_p, ctypes.c_int
 SIGNATURES: dict[str, tuple[type[Any], ...]] = {
     "lf_crop_input": (_p, _i, _i, _i, _p, _i, InputFormat, _p),
     "lf_paste_output": (_p, _i, _i, _i, _i, _i, _p, OutputFormat, _i, _p, Affine, Colour),
+    "lf_colour_moments": (_p, _i, _i, _i, _p, _p, OutputFormat, _i, _p, _p),
     "lf_bgr_to_yuv420": (_p, _i, _i, _i, _p, _i, _p, _p, _i, _i),
 }
 

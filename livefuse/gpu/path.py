@@ -15,6 +15,8 @@ five-point similarity fit, the mesh outline mask and the paste box.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import logging
 from collections.abc import Mapping, Sequence
@@ -25,17 +27,21 @@ import cv2
 import numpy as np
 
 from livefuse.faces import Faces
-from livefuse.gpu.kernels import BLOCK, ArgPack, InputFormat, Kernels, OutputFormat, grid_for
+from livefuse.gpu.kernels import BLOCK, MOMENTS, ArgPack, InputFormat, Kernels, OutputFormat, grid_for
 from livefuse.neural.align import paste_box
 from livefuse.neural.crop import CropSpec
-from livefuse.neural.swapper import NeuralConfig, box_mask, face_mask, settle_mask
+from livefuse.neural.swapper import NeuralConfig, box_mask, face_mask, settle_mask, track_key
 from livefuse.runtime.ring import D, DeviceOps, PinnedRing, Slot, Stream
 from livefuse.scratch import Scratch
+from livefuse.swap.blend import transfer_from_sums
 
 log = logging.getLogger(__name__)
 
 #: What comes back per frame: the swapped BGR frame, or it converted for a camera or encoder.
 OUTPUTS = ("bgr", "nv12", "i420")
+
+#: Threads per block for the one-thread-per-crop-row moments kernel.
+ROW_BLOCK = (64, 1, 1)
 
 #: Offsets inside a slot are multiples of this (aligned loads for the kernels and copies).
 ALIGN = 256
@@ -80,8 +86,32 @@ class SlotLayout:
         return self.width * self.height * 3
 
     @property
+    def image_nbytes(self) -> int:
+        """The downloaded picture: the BGR frame, or its YUV 4:2:0 planes."""
+        return self.frame_nbytes if self.output == "bgr" else self.width * self.height * 3 // 2
+
+    @property
+    def moments_at(self) -> int:
+        """Where ``lf_colour_moments`` rows sit in the downloaded buffer, after the picture."""
+        return _aligned(self.image_nbytes)
+
+    @property
+    def moments_nbytes(self) -> int:
+        return self.max_faces * self.size * MOMENTS * 4
+
+    @property
+    def out_nbytes(self) -> int:
+        """Size of the downloaded buffer: the picture and room for the colour moments."""
+        return self.moments_at + self.moments_nbytes
+
+    def download_nbytes(self, measured: bool) -> int:
+        """Bytes to download for a frame; the moments only when colours were measured."""
+        return self.out_nbytes if measured else self.image_nbytes
+
+    @property
     def affines_at(self) -> int:
-        return _aligned(self.frame_nbytes)
+        # BGR frames come back from the upload buffer itself, moments and all: skip them.
+        return _aligned(self.out_nbytes if self.output == "bgr" else self.frame_nbytes)
 
     @property
     def latents_at(self) -> int:
@@ -99,9 +129,10 @@ class SlotLayout:
         """Bytes to upload for a frame with ``faces`` faces."""
         return self.masks_at + faces * self.mask_nbytes
 
-    @property
-    def out_nbytes(self) -> int:
-        return self.frame_nbytes if self.output == "bgr" else self.width * self.height * 3 // 2
+    def moments(self, buffer: np.ndarray) -> np.ndarray:
+        """The (F, S, 13) float32 moment rows in a downloaded buffer."""
+        raw = buffer[self.moments_at : self.moments_at + self.moments_nbytes]
+        return raw.view(np.float32).reshape(self.max_faces, self.size, MOMENTS)
 
     def host_views(self, buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Frame (H, W, 3) uint8, affines (F, 2, 3), latents (F, L) and masks (F, S, S) float32."""
@@ -120,6 +151,7 @@ class _Paste:
     index: int
     box: tuple[int, int, int, int]
     matrix: np.ndarray
+    transfer: np.ndarray | None
 
 
 @dataclass
@@ -128,8 +160,11 @@ class GpuSwapPath(Generic[D]):
     source ``k``. ``submit``/``result``/``release`` keep up to ``slots`` frames in flight;
     ``swap`` is the one-frame-at-a-time :class:`livefuse.pipeline.stages.Swapper`.
 
-    Colour matching, sharpening, the enhancer and the occluder/parser masks are not done on
-    this path yet (the CPU :class:`livefuse.neural.swapper.NeuralSwapper` does them).
+    Colour matching follows the CPU swapper's (:func:`livefuse.swap.blend.colour_transfer`,
+    re-measured every ``colour_every`` frames per track), except that a measurement applies
+    from the track's next frame: its moments come back with the frame's download. Sharpening,
+    the enhancer and the occluder/parser masks are not done on this path yet (the CPU
+    :class:`livefuse.neural.swapper.NeuralSwapper` does them).
     """
 
     device: DeviceOps[D]
@@ -153,16 +188,36 @@ class GpuSwapPath(Generic[D]):
         self.layout = SlotLayout(self.width, self.height, s, self.max_faces, self.io.latent_size, self.output)
         self.latents = np.ascontiguousarray(self.latents, np.float32)
         self.ring = PinnedRing(self.device, self.slots, self.layout.in_nbytes(self.max_faces), self.layout.out_nbytes)
+        self._box = box_mask(s)
+        self._box_dev = self._upload_once(self._box)
         self._item = 3 * s * s * (2 if self.io.half_output else 4)
         self._blob = self.device.device_buffer(self.max_faces * 3 * s * s * (2 if self.io.half_input else 4))
         self._out = self.device.device_buffer(self.max_faces * self._item)
         self._crop_args, self._paste_args = self._packs()
         self._yuv_args = ArgPack("lf_bgr_to_yuv420")
-        self._box = box_mask(s)
+        self._moments_args = ArgPack("lf_colour_moments")
+        ctypes.pointer(self._moments_args.values[6])[0] = self._paste_args.values[7]  # same output format
         self._scratch = Scratch()
         self._changed: dict[int, list[tuple[int, int, int, int]]] = {}
-        if self.config.colour or self.config.sharpness > 0:
-            log.info("the GPU frame path does not match colour or sharpen yet; those settings are ignored")
+        self._measured: dict[int, list[tuple[int, int]]] = {}
+        self._colours: dict[int, tuple[np.ndarray | None, int]] = {}
+        if self.config.sharpness > 0:
+            log.info("the GPU frame path does not sharpen yet; sharpness is ignored")
+
+    def _upload_once(self, array: np.ndarray) -> D:
+        """A device copy of ``array``, made at start-up through a pinned staging buffer."""
+        data = np.ascontiguousarray(array).view(np.uint8).ravel()
+        target = self.device.device_buffer(data.nbytes)
+        with contextlib.ExitStack() as stack:
+            staging = self.device.host_buffer(data.nbytes)
+            stack.callback(staging.close)
+            done = self.device.new_event()
+            stack.callback(done.close)
+            staging.array[:] = data
+            self.device.copy_h2d(target, staging.array, data.nbytes, self.ring.h2d)
+            done.record(self.ring.h2d)
+            done.synchronize()  # the staging buffer must outlive the copy
+        return target
 
     def _check(self) -> None:
         if self.output not in OUTPUTS:
@@ -195,27 +250,35 @@ class GpuSwapPath(Generic[D]):
         if len(pairs) > self.max_faces:
             self.faces_skipped += len(pairs) - self.max_faces
             pairs = pairs[: self.max_faces]
+        if faces.track_ids is not None and self._colours:
+            live = set(faces.track_ids.tolist())
+            for track in set(self._colours) - live:
+                del self._colours[track]  # the track ended
         slot = self.ring.acquire()
         assert slot is not None  # no timeout: acquire waits
         try:
-            pastes = self._fill(slot.host_in, image, faces, pairs)
-            compute = functools.partial(self._compute, faces=len(pairs), pastes=pastes)
+            pastes, measured = self._fill(slot.host_in, image, faces, pairs)
+            compute = functools.partial(self._compute, faces=len(pairs), pastes=pastes, measure=bool(measured))
             download = slot.dev_in if self.output == "bgr" else None
-            self.ring.submit(slot, compute, in_nbytes=self.layout.in_nbytes(len(pairs)), download=download)
+            n_in, n_out = self.layout.in_nbytes(len(pairs)), self.layout.download_nbytes(bool(measured))
+            self.ring.submit(slot, compute, in_nbytes=n_in, out_nbytes=n_out, download=download)
         except BaseException:
             self.ring.release(slot)
             raise
         self._changed[slot.index] = [paste.box for paste in pastes]
+        self._measured[slot.index] = measured
         self.faces_swapped += len(pastes)
         return slot
 
     def _fill(
         self, buffer: np.ndarray, image: np.ndarray, faces: Faces, pairs: Sequence[tuple[int, int]]
-    ) -> list[_Paste]:
-        """Write the frame and each face's affine, latent and mask into a slot's upload."""
+    ) -> tuple[list[_Paste], list[tuple[int, int]]]:
+        """Write the frame and each face's affine, latent and mask into a slot's upload; the
+        pastes to make, and the (batch index, track) of faces whose colours to measure."""
         frame, affines, latents, masks = self.layout.host_views(buffer)
         np.copyto(frame, image)  # the frame's one host copy: into pinned memory for the upload
-        pastes = []
+        pastes: list[_Paste] = []
+        measured: list[tuple[int, int]] = []
         for j, (i, k) in enumerate(pairs):
             matrix = self.crop.matrix(faces.kps[i])
             mask = face_mask(self._box, faces, i, matrix, self.config.keep_mouth, self._scratch)
@@ -223,12 +286,24 @@ class GpuSwapPath(Generic[D]):
             affines[j] = cv2.invertAffineTransform(matrix)
             latents[j] = self.latents[k]
             masks[j] = mask
+            transfer = self._colour(track_key(faces, i), j, measured)
             box = paste_box(mask, matrix, image.shape)
             if box is not None:
-                pastes.append(_Paste(j, box, matrix))
-        return pastes
+                pastes.append(_Paste(j, box, matrix, transfer))
+        return pastes, measured
 
-    def _compute(self, slot: Slot[D], stream: Stream, faces: int, pastes: Sequence[_Paste]) -> None:
+    def _colour(self, track: int, index: int, measured: list[tuple[int, int]]) -> np.ndarray | None:
+        """The track's current colour map; asks for a new measurement every ``colour_every`` frames."""
+        if not self.config.colour:
+            return None
+        transfer, age = self._colours.get(track, (None, self.config.colour_every))
+        if age >= self.config.colour_every:
+            measured.append((index, track))
+            age = 0
+        self._colours[track] = (transfer, age + 1)
+        return transfer
+
+    def _compute(self, slot: Slot[D], stream: Stream, faces: int, pastes: Sequence[_Paste], measure: bool) -> None:
         """The GPU part of one frame, queued on ``stream``."""
         frame, layout, s = _ptr(slot.dev_in), self.layout, self.crop.size
         pitch, w, h = self.width * 3, self.width, self.height
@@ -237,9 +312,15 @@ class GpuSwapPath(Generic[D]):
             self.kernels.launch(self._crop_args, grid_for(s, s, faces), BLOCK, stream)
             feeds = {self.io.target: _ptr(self._blob), self.io.source: frame + layout.latents_at}
             self.model.infer_device(feeds, {self.io.output: _ptr(self._out)}, faces, stream)
+        if measure:  # before the paste changes the frame: the target's colours are measured
+            rows = _ptr(slot.dev_in if self.output == "bgr" else slot.dev_out) + layout.moments_at
+            args = (frame, pitch, w, h, frame + layout.affines_at, _ptr(self._out), None, s, _ptr(self._box_dev), rows)
+            self._moments_args.set(*args)
+            self.kernels.launch(self._moments_args, grid_for(s, 1, faces, ROW_BLOCK), ROW_BLOCK, stream)
         for paste in pastes:
             x0, y0, x1, y1 = paste.box
             self._paste_args.values[10].set(paste.matrix)
+            self._paste_args.values[11].set(paste.transfer)
             mask = frame + layout.masks_at + paste.index * layout.mask_nbytes
             output = _ptr(self._out) + paste.index * self._item
             self._paste_args.set(frame, pitch, x0, y0, x1 - x0, y1 - y0, output, None, s, mask, None, None)
@@ -262,9 +343,16 @@ class GpuSwapPath(Generic[D]):
         out = self.ring.result(slot, timeout)
         if out is None:
             return None
+        measured = self._measured.pop(slot.index, [])
+        if measured:
+            rows = self.layout.moments(out)
+            for index, track in measured:
+                age = self._colours.get(track, (None, 0))[1]
+                self._colours[track] = (transfer_from_sums(rows[index].sum(0, dtype=np.float64)), age)
+        picture = out[: self.layout.image_nbytes]
         if self.output == "bgr":
-            return out.reshape(self.height, self.width, 3)
-        return out.reshape(self.height * 3 // 2, self.width)
+            return picture.reshape(self.height, self.width, 3)
+        return picture.reshape(self.height * 3 // 2, self.width)
 
     def release(self, slot: Slot[D]) -> None:
         self.ring.release(slot)
@@ -290,8 +378,8 @@ class GpuSwapPath(Generic[D]):
     def close(self) -> None:
         """Wait for frames in flight, then free the ring, the model buffers and the kernels."""
         self.ring.close()
-        self._blob.close()
-        self._out.close()
+        for buffer in (self._blob, self._out, self._box_dev):
+            buffer.close()
 
     def __enter__(self) -> GpuSwapPath[D]:
         return self

@@ -131,7 +131,7 @@ class NeuralSwapper:
         outputs = self.model.run(blob, self.latents[[k for _, k in pairs]])
         patches = []
         for (i, _), m, target, out in zip(pairs, matrices, targets, outputs, strict=True):
-            face = self._finish(spec.to_image(out), target, _track(faces, i))
+            face = self._finish(spec.to_image(out), target, track_key(faces, i))
             mask = self._mask(target, faces, i, m)
             if self.enhancer is not None:
                 patches.append(self._enhanced(image, faces, i, face, mask, m))
@@ -190,7 +190,7 @@ class NeuralSwapper:
         swapped = cv2.warpAffine(face, to_e, (e, e), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         alpha = cv2.warpAffine(mask, to_e, (e, e), flags=cv2.INTER_LINEAR)
         cv2.blendLinear(base, swapped, 1 - alpha, alpha, dst=base)
-        track = _track(faces, i)
+        track = track_key(faces, i)
         age = self._ages.get(track, self.config.enhance_every)
         if age >= self.config.enhance_every or track not in self._residuals:
             restored = enhancer.enhance(base)
@@ -209,6 +209,6 @@ class NeuralSwapper:
             self._colours.pop(track, None)
 
 
-def _track(faces: Faces, i: int) -> int:
+def track_key(faces: Faces, i: int) -> int:
     """Face ``i``'s track id; untracked faces get a per-index stand-in id (< 0)."""
     return int(faces.track_ids[i]) if faces.track_ids is not None else -1 - i

@@ -143,6 +143,24 @@ def colour_transfer(face: np.ndarray, target: np.ndarray, alpha: np.ndarray) -> 
         return None
     s_mean, s_std = (v.ravel() for v in cv2.meanStdDev(cv2.cvtColor(face, cv2.COLOR_BGR2YCrCb), mask=inside))
     t_mean, t_std = (v.ravel() for v in cv2.meanStdDev(cv2.cvtColor(target, cv2.COLOR_BGR2YCrCb), mask=inside))
+    return transfer_map(s_mean, s_std, t_mean, t_std)
+
+
+def transfer_from_sums(sums: np.ndarray) -> np.ndarray | None:
+    """:func:`colour_transfer` from sums over the measured pixels: the face's Y, Cr, Cb and
+    their squares, the target's likewise, and the pixel count (13 values, as the GPU path's
+    ``lf_colour_moments`` kernel adds them up)."""
+    count = float(sums[12])
+    if count < 16:
+        return None
+    mean = sums[:12].reshape(4, 3) / count
+    s_std = np.sqrt(np.maximum(mean[1] - mean[0] ** 2, 0))
+    t_std = np.sqrt(np.maximum(mean[3] - mean[2] ** 2, 0))
+    return transfer_map(mean[0], s_std, mean[2], t_std)
+
+
+def transfer_map(s_mean: np.ndarray, s_std: np.ndarray, t_mean: np.ndarray, t_std: np.ndarray) -> np.ndarray:
+    """The 3×4 BGR map giving YCrCb means/spreads ``s_*`` the values ``t_*``."""
     gain = (t_std + 1) / (s_std + 1)
     scale = np.eye(4)
     scale[:3, :3] = np.diag(gain)
