@@ -105,3 +105,12 @@ class Untouched:
 
     def swap(self, image: np.ndarray, faces: Faces) -> None:
         """Write nothing."""
+
+
+def cuda_gpus() -> int:
+    """How many NVIDIA GPUs cuda-python sees here (0 without cuda-python or a driver)."""
+    try:
+        from livefuse.runtime import cuda
+    except ImportError:
+        return 0
+    return len(cuda.probe().gpus)

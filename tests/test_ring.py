@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from livefuse.runtime.ring import Event, PinnedRing, RingClosed, Slot, SlotState, Stream
+from tests.helpers import cuda_gpus
 
 # --------------------------------------------------------------------------- fakes
 
@@ -388,14 +389,6 @@ def test_a_failing_compute_leaves_the_slot_releasable() -> None:
 # --------------------------------------------------------------------------- the CUDA implementation
 
 
-def _gpu_count() -> int:
-    try:
-        from livefuse.runtime import cuda
-    except ImportError:
-        return 0
-    return len(cuda.probe().gpus)
-
-
 def test_check_is_the_one_cuda_error_point() -> None:
     """Runs wherever cuda-python is installed, GPU or not."""
     pytest.importorskip("cuda.bindings", reason="cuda-python is not installed (pip install cuda-python)")
@@ -417,7 +410,7 @@ def test_check_is_the_one_cuda_error_point() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(_gpu_count() == 0, reason="needs cuda-python and an NVIDIA GPU")
+@pytest.mark.skipif(cuda_gpus() == 0, reason="needs cuda-python and an NVIDIA GPU")
 def test_ring_on_a_real_gpu_under_load() -> None:
     """The same trip as above on real streams: the 'model' is a device-to-device copy."""
     from livefuse.runtime.cuda import CudaDevice, DeviceBuffer
@@ -447,7 +440,7 @@ def test_ring_on_a_real_gpu_under_load() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(_gpu_count() == 0, reason="needs cuda-python and an NVIDIA GPU")
+@pytest.mark.skipif(cuda_gpus() == 0, reason="needs cuda-python and an NVIDIA GPU")
 def test_pinned_bandwidth_probe() -> None:
     from livefuse.runtime.cuda import pinned_bandwidth
 
