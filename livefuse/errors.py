@@ -51,3 +51,8 @@ class EngineMismatch(LivefuseError):
 
 class KernelError(LivefuseError):
     """The GPU frame path's kernels could not be compiled, loaded or launched."""
+
+
+class EngineError(LivefuseError):
+    """A TensorRT engine could not be built, loaded or run (a stale or foreign engine is an
+    :class:`EngineMismatch`)."""

@@ -173,6 +173,8 @@ class EngineRecord:
     "Size of the engine file; :func:`save_engine` fills it in."
     engine_sha256: str = ""
     "sha256 of the engine file; :func:`save_engine` fills it in, :func:`read_engine` checks it."
+    weight_streaming: bool = False
+    "Built with streamable weights (a strongly typed network: its types are the ONNX file's)."
 
     @property
     def key(self) -> EngineKey:
@@ -214,6 +216,7 @@ class EngineRecord:
             gpu_name=str(data.get("gpu_name", "")),
             engine_bytes=int(data.get("engine_bytes", 0)),
             engine_sha256=str(data.get("engine_sha256", "")),
+            weight_streaming=bool(data.get("weight_streaming", False)),
         )
         record.check()
         return record
