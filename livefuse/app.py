@@ -28,8 +28,9 @@ from livefuse.neural.models import Enhancer, Occluder, Parser, Recognizer, SwapM
 from livefuse.neural.select import FaceSelector, Mapping, SelectingSwapper
 from livefuse.neural.swapper import NeuralConfig, NeuralSwapper
 from livefuse.pipeline.stages import Swapper
+from livefuse.runtime.backends import RunnerFactory, RunnerOptions
 from livefuse.runtime.base import Runner
-from livefuse.runtime.ort import OrtRunner
+from livefuse.runtime.engines import default_engines_dir
 from livefuse.swap.mesh import MeshSwapConfig, MeshSwapper
 from livefuse.swap.source import SourceFace, analyse_source, read_image
 
@@ -55,7 +56,8 @@ class Engine:
         self.settings = settings
         self.store = store or ModelStore(home_of(settings))
         self._stack = ExitStack()
-        self._providers = settings.providers.split(",") if settings.providers else None
+        # Checks runtime and vram_budget now; the machine's facts are gathered at the first runner.
+        self._factory = RunnerFactory(RunnerOptions.from_settings(settings), default_engines_dir(self.store.home))
         self._runners: dict[str, Runner] = {}
         # Web sessions build swappers from executor threads: runner creation is serialised.
         self._lock = threading.Lock()
@@ -63,12 +65,13 @@ class Engine:
             self.runner(name)
 
     def runner(self, name: str) -> Runner:
-        """The (shared, activated) runner of an installed model."""
+        """The (shared, activated) runner of an installed model, on the backend chosen for it
+        (the settings' ``runtime``; ``auto``: the best this machine has, logged with why)."""
         with self._lock:
             if name not in self._runners:
-                path = self.store.path(name)
-                runner = OrtRunner(path, name=name, providers=self._providers, threads=self.settings.threads)
-                self._runners[name] = self._stack.enter_context(runner)
+                runner = self._factory.open(self.store.spec(name), self.store.path(name))
+                self._stack.callback(runner.close)
+                self._runners[name] = runner
             return self._runners[name]
 
     def detector(self) -> Detector:

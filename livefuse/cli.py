@@ -36,6 +36,11 @@ _SWAP_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--no-smooth", "smooth", {"action": "store_const", "const": False, "help": "no landmark smoothing"}),
     ("--threads", "threads", {"type": int, "help": "ONNX Runtime threads per model (1)"}),
     ("--providers", "providers", {"help": "comma-separated ONNX Runtime providers to try first"}),
+    ("--runtime", "runtime", {"choices": ["auto", "cpu", "cuda", "torch", "tensorrt"],
+                              "help": "what runs the models: auto (the best this machine has), cpu, "
+                                      "cuda (ONNX Runtime), torch or tensorrt (auto)"}),
+    ("--vram-budget", "vram_budget", {"metavar": "SIZE",
+                                      "help": "GPU memory each model may use, e.g. 6GiB or 6000MB (0: no limit)"}),
     ("--home", "home", {"metavar": "DIR", "help": "models and samples directory"}),
 ]
 

@@ -8,10 +8,12 @@ as ``LIVEFUSE_<KEY>`` in the environment, e.g. ``LIVEFUSE_DETECT_EVERY=15``.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from livefuse._compat import tomllib
@@ -66,6 +68,10 @@ class Settings:
     queue_size: int = 2
     providers: str | None = None
     "Comma-separated ONNX Runtime execution providers to try first."
+    runtime: str = "auto"
+    "What runs the models: auto (the best this machine has), cpu, cuda (ONNX Runtime), torch or tensorrt."
+    vram_budget: str | None = None
+    "GPU memory each model may use, e.g. 6GiB or 6000MB; 0 or unset: no limit."
     home: str | None = None
     "Where models and samples live (default: $LIVEFUSE_HOME or the user cache dir)."
     log_level: str = "INFO"
@@ -97,6 +103,11 @@ class Settings:
         """``size`` as (width, height)."""
         return parse_size(self.size) if self.size else None
 
+    @property
+    def vram_budget_bytes(self) -> int:
+        """``vram_budget`` in bytes; 0 means no limit."""
+        return parse_bytes(self.vram_budget, "vram_budget") if self.vram_budget else 0
+
 
 def parse_size(text: str) -> tuple[int, int]:
     """'1280x720' → (1280, 720), with an error that shows the expected form."""
@@ -107,6 +118,30 @@ def parse_size(text: str) -> tuple[int, int]:
     if w <= 0 or h <= 0 or w % 2 or h % 2:
         raise ConfigError(f"size {text!r} must be positive and even, e.g. 1280x720")
     return w, h
+
+
+#: Units of a memory size: decimal (MB = 10^6 bytes) and binary (MiB = 2^20 bytes).
+BYTE_UNITS = MappingProxyType({
+    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+})
+
+_BYTES = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)", re.IGNORECASE)
+
+
+def parse_bytes(text: str, what: str = "size") -> int:
+    """'6GiB' → 6442450944, '6000MB' → 6000000000, '0' → 0. A unit is required except for 0."""
+    found = _BYTES.fullmatch(text.strip())
+    unit = found[2].lower() if found else ""
+    zero = found is not None and float(found[1]) == 0
+    if found is None or not (unit in BYTE_UNITS or (unit == "" and zero)):
+        raise ConfigError(
+            f"{what} {text!r} is not a memory size: write a number and a unit, e.g. 6GiB or 6000MB (0: no limit)"
+        )
+    size = int(float(found[1]) * BYTE_UNITS.get(unit, 1))
+    if size == 0 and not zero:
+        raise ConfigError(f"{what} {text!r} rounds to 0 bytes, which means no limit; write e.g. 6GiB, or 0 for none")
+    return size
 
 
 def _coerce(name: str, kind: str, value: Any, origin: str) -> Any:

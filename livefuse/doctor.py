@@ -460,17 +460,17 @@ def _facts_lines(facts: Facts) -> list[str]:
 
 
 def _model_lines(facts: Facts) -> list[str]:
-    rt = facts.runtime
+    """Per model: the backend ``--runtime auto`` picks and why, then why not each better one."""
     lines: list[str] = []
     for model in facts.models:
-        engine = "engine ok" if model in rt.engines else "no matching engine" if rt.tensorrt and rt.gpus else ""
-        text = f"{model}: runs on {choose(model, rt).backend.value}" + (f", {engine}" if engine else "")
-        lines.append(_line("" if lines else "models", text))
+        choice = choose(model, facts.runtime)
+        lines.append(_line("" if lines else "models", f"{model}: runs on {choice.backend.value} ({choice.reason})"))
+        lines += [_line("", f"  {why}") for why in choice.why_not()]
     return lines or [_line("models", "none installed ('livefuse models pull')")]
 
 
 def render(facts: Facts, problems: Sequence[Problem]) -> str:
-    """The doctor's report: the facts, then each problem and its fix."""
+    """The doctor's report: the facts, each model's backend and why, then each problem and its fix."""
     lines = ["livefuse doctor", *_facts_lines(facts), *_model_lines(facts), ""]
     if not problems:
         lines.append("No problems found.")

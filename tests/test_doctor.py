@@ -120,3 +120,17 @@ def test_doctor_command_prints_the_report(tmp_path: Path, capsys: pytest.Capture
     assert out.startswith("livefuse doctor\n") and "NVIDIA driver" in out and "fix:" in out
     problems = diagnose(gather(tmp_path, probe_bandwidth=False))
     assert code == (1 if any(p.blocks for p in problems) else 0)
+
+
+def test_report_says_why_each_model_runs_where_it_does() -> None:
+    """Per model: the backend auto picks, its reason, and why each better one was passed over."""
+    runtime = dataclasses.replace(TRT_RT, engine_problems=MappingProxyType(
+        {"w600k_r50": "other TensorRT: built with TensorRT 10.1.0"}))
+    known = dataclasses.replace(HEALTHY, runtime=runtime, models=("inswapper_128", "w600k_r50"))
+    lines = render(known, diagnose(known)).splitlines()
+    at = lines.index("  models         inswapper_128: runs on tensorrt (prebuilt engine fits TensorRT 10.3.0 and "
+                     "compute capability 9.0)")
+    assert lines[at + 1:at + 3] == [
+        "                 w600k_r50: runs on onnxruntime-cuda (CUDA provider)",
+        "                   not tensorrt: other TensorRT: built with TensorRT 10.1.0",
+    ]

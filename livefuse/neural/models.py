@@ -6,6 +6,7 @@ role serves every family; adding a model of a known family is adding a manifest 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import cv2
@@ -14,7 +15,9 @@ import numpy as np
 from livefuse.errors import ModelError
 from livefuse.neural import align
 from livefuse.neural.crop import CropSpec
-from livefuse.runtime.base import Runner, TensorSpec
+from livefuse.runtime.base import Runner, TensorSpec, is_out_of_memory
+
+log = logging.getLogger(__name__)
 
 
 def _batch_dynamic(spec: TensorSpec) -> bool:
@@ -22,12 +25,48 @@ def _batch_dynamic(spec: TensorSpec) -> bool:
 
 
 def run_batched(runner: Runner, feeds: dict[str, np.ndarray], dynamic: bool) -> np.ndarray:
-    """First output for a batch of N: one call when the batch dim is dynamic, else N calls."""
-    if dynamic:
-        return runner.infer(feeds)[0]
+    """First output for a batch of N: one call when the batch dim is dynamic, else N calls.
+
+    A call that runs out of (GPU) memory is retried in halves, and the runner keeps the size that
+    fit (``runner.batch_limit``) for later calls, logged when it shrinks: a crowded frame slows
+    down instead of failing. One item that still does not fit raises (the pipeline then passes
+    that frame through unswapped).
+    """
     n = len(next(iter(feeds.values())))
-    outs = [runner.infer({k: v[i : i + 1] for k, v in feeds.items()})[0] for i in range(n)]
+    if n == 0 and dynamic:
+        return runner.infer(feeds)[0]
+    step = min(n if dynamic else 1, runner.batch_limit or n)
+    tried, before = step, runner.batch_limit
+    outs: list[np.ndarray] = []
+    start = 0
+    try:
+        while start < n:
+            size = min(step, n - start)
+            try:
+                out = _call(runner, feeds, start, size, n)
+            except Exception as exc:  # each runtime raises its own type: is_out_of_memory tells them apart
+                if size == 1 or not is_out_of_memory(exc):
+                    raise
+                step = size // 2
+                runner.batch_limit = min(step, runner.batch_limit or step)  # another thread may have gone lower
+                continue
+            # A runner may hand back the same buffer on its next call: keep a copy when there is one.
+            outs.append(out if size == n else out.copy())
+            start += size
+    finally:
+        if runner.batch_limit != before:
+            log.warning("model %s ran out of memory on a batch of %d; from now on it runs at most %d per call",
+                        runner.name, tried, runner.batch_limit)
+    if len(outs) == 1 and dynamic:
+        return outs[0]
     return np.concatenate(outs, axis=0)
+
+
+def _call(runner: Runner, feeds: dict[str, np.ndarray], start: int, size: int, n: int) -> np.ndarray:
+    """The first output for items ``start:start+size`` of ``feeds`` (all ``n`` of them: no slicing)."""
+    if size == n:
+        return runner.infer(feeds)[0]
+    return runner.infer({k: v[start : start + size] for k, v in feeds.items()})[0]
 
 
 class Recognizer:

@@ -18,7 +18,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import shutil
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -103,18 +103,19 @@ class Choice:
     ort_trt_cache: Path | None = None
     "ONNX Runtime with its TensorRT provider: the prebuilt engine cache."
 
-    def summary(self) -> str:
-        """One line: what runs the model, why, and why not the better ones."""
-        line = f"model {self.model} runs on {self.backend.value} ({self.reason})"
+    def why_not(self) -> list[str]:
+        """``"not a, b: why"`` for the better backends, one item per reason."""
         groups: list[tuple[list[str], str]] = []  # backends passed over for the same reason share it
         for backend, why in self.passed_over:
             if groups and groups[-1][1] == why:
                 groups[-1][0].append(backend.value)
             else:
                 groups.append(([backend.value], why))
-        for names, why in groups:
-            line += f"; not {', '.join(names)}: {why}"
-        return line
+        return [f"not {', '.join(names)}: {why}" for names, why in groups]
+
+    def summary(self) -> str:
+        """One line: what runs the model, why, and why not the better ones."""
+        return "; ".join([f"model {self.model} runs on {self.backend.value} ({self.reason})", *self.why_not()])
 
 
 def ort_trt_cache_dir(engines_dir: Path, model: str) -> Path:
@@ -280,7 +281,8 @@ def _tensorrt() -> tuple[str | None, str]:
 
 
 def _engines(
-    models: Sequence[tuple[ModelSpec, Path]], trt: str | None, cc: ComputeCapability | None, engines_dir: Path
+    models: Sequence[tuple[ModelSpec, Path]], trt: str | None, cc: ComputeCapability | None, engines_dir: Path,
+    sha256: Callable[[Path], str],
 ) -> tuple[dict[str, Path], dict[str, str]]:
     found: dict[str, Path] = {}
     problems: dict[str, str] = {}
@@ -288,7 +290,7 @@ def _engines(
         return found, problems
     for spec, onnx in models:
         try:
-            found[spec.name] = find_engine(spec, trt, cc, engines_dir, onnx_sha256=sha256_file(onnx)).path
+            found[spec.name] = find_engine(spec, trt, cc, engines_dir, onnx_sha256=sha256(onnx)).path
         except EngineMismatch as exc:
             problems[spec.name] = str(exc)
     return found, problems
@@ -300,8 +302,28 @@ def _ort_providers() -> tuple[str, ...]:
     return tuple(onnxruntime.get_available_providers())
 
 
+def add_models(
+    facts: RuntimeFacts, models: Sequence[tuple[ModelSpec, Path]], engines_dir: Path,
+    sha256: Callable[[Path], str] = sha256_file,
+) -> RuntimeFacts:
+    """``facts`` with the TensorRT engines and ORT-TensorRT caches of ``models`` (spec, ONNX file) added.
+
+    The ONNX files are hashed (with ``sha256``) only when TensorRT and a GPU are there to match
+    engines against.
+    """
+    engines, problems = _engines(models, facts.tensorrt, facts.cc, engines_dir, sha256)
+    caches = {spec.name for spec, _ in models if any(ort_trt_cache_dir(engines_dir, spec.name).glob("*"))}
+    return dataclasses.replace(
+        facts,
+        engines=MappingProxyType({**facts.engines, **engines}),
+        engine_problems=MappingProxyType({**facts.engine_problems, **problems}),
+        ort_trt_caches=facts.ort_trt_caches | caches,
+    )
+
+
 def gather_facts(models: Sequence[tuple[ModelSpec, Path]], engines_dir: Path) -> RuntimeFacts:
-    """The facts of this machine. ``models`` are the installed models and their ONNX files.
+    """The facts of this machine. ``models`` are the installed models and their ONNX files
+    (none: the machine alone; :func:`add_models` adds models later).
 
     Cheap where nothing GPU-related is installed: torch is imported only when an NVIDIA driver
     is present, TensorRT only when installed, and the ONNX files are hashed only when TensorRT
@@ -315,11 +337,7 @@ def gather_facts(models: Sequence[tuple[ModelSpec, Path]], engines_dir: Path) ->
         if gpu.count == 0 and seen.count:
             gpu = seen  # no cuda-python: torch is the next witness
     trt, trt_error = _tensorrt()
-    engines, problems = _engines(models, trt, gpu.cc, engines_dir)
-    caches = frozenset(
-        spec.name for spec, _ in models if any(ort_trt_cache_dir(engines_dir, spec.name).glob("*"))
-    )
-    return RuntimeFacts(
+    machine = RuntimeFacts(
         gpus=gpu.count,
         cc=gpu.cc,
         cuda_error=gpu.error,
@@ -330,7 +348,5 @@ def gather_facts(models: Sequence[tuple[ModelSpec, Path]], engines_dir: Path) ->
         torch=torch_version,
         torch_cuda=torch_cuda,
         onnx2torch=_version("onnx2torch"),
-        engines=MappingProxyType(engines),
-        engine_problems=MappingProxyType(problems),
-        ort_trt_caches=caches,
     )
+    return add_models(machine, models, engines_dir)

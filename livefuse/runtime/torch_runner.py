@@ -11,8 +11,8 @@ returned arrays are those buffers: copy them if they must outlive the next call.
 
 Verified: the CPU path, against ONNX Runtime on the tiny stand-ins (tests/test_torch_runner.py).
 Written but not run here (no GPU on the machine it was written on): the CUDA path (pinned
-buffers, the runner's own stream, autocast FP16, CUDA graph capture and replay). Its test is
-marked ``gpu``.
+buffers, the runner's own stream, autocast FP16, CUDA graph capture and replay, the VRAM budget).
+Its test is marked ``gpu``.
 
 torch and onnx2torch are imported only inside this module, when a runner is activated.
 """
@@ -70,6 +70,14 @@ def _import_torch() -> tuple[Any, Any]:
     return torch, convert
 
 
+def memory_fraction(budget: int, total: int) -> float:
+    """The share of a GPU's ``total`` bytes that ``budget`` bytes are, at most all of it
+    (what ``torch.cuda.set_per_process_memory_fraction`` takes)."""
+    if budget <= 0 or total <= 0:
+        raise ValueError(f"memory budget {budget} and GPU memory {total} must both be positive")
+    return min(1.0, budget / total)
+
+
 def _np_dtype(elem_type: int) -> np.dtype:
     from onnx import helper
 
@@ -102,6 +110,8 @@ class TorchRunner(Runner):
 
     ``device``: ``"auto"`` (CUDA when torch sees a GPU, else CPU), ``"cpu"`` or ``"cuda[:N]"``.
     ``fp16`` and ``cuda_graphs`` default to on with CUDA and must stay off on the CPU.
+    ``vram_budget``: bytes of GPU memory torch's allocator may hold (0: no limit). It caps the
+    whole process's torch allocations on that GPU, not this model alone: torch has no per-model cap.
     """
 
     def __init__(
@@ -111,10 +121,12 @@ class TorchRunner(Runner):
         device: str = "auto",
         fp16: bool | None = None,
         cuda_graphs: bool | None = None,
+        vram_budget: int = 0,
     ) -> None:
         super().__init__(name or Path(path).stem)
         self.path = Path(path)
         self._device_arg = device
+        self._vram_budget = vram_budget
         self._fp16_arg = fp16
         self._graphs_arg = cuda_graphs
         self._torch: Any = None
@@ -146,6 +158,9 @@ class TorchRunner(Runner):
                 f"model {self.name!r} cannot be converted to torch by onnx2torch ({type(exc).__name__}: {exc}); "
                 "run it with ONNX Runtime instead (the default backend)"
             ) from exc
+        if on_cuda and self._vram_budget:
+            total = torch.cuda.get_device_properties(self._device).total_memory
+            torch.cuda.set_per_process_memory_fraction(memory_fraction(self._vram_budget, total), self._device)
         self._module = module.eval().to(self._device)
         if on_cuda:
             self._stream = torch.cuda.Stream(device=self._device)
