@@ -19,6 +19,7 @@ from livefuse.face.detectors import ScrfdDetector, YunetDetector
 from livefuse.face.mesh import MeshLandmarker
 from livefuse.face.topology import five_points
 from livefuse.face.track import FaceTracker, TrackerConfig
+from livefuse.gpu.swapper import GpuPairSwapper, open_cuda_swapper
 from livefuse.models.contracts import load_emap
 from livefuse.models.files import default_home
 from livefuse.models.store import ModelStore
@@ -104,12 +105,14 @@ class Engine:
         s = settings or self.settings
         if s.faces not in ("one", "many", "map"):
             raise ConfigError(f"faces must be one, many or map, not {s.faces!r}")
+        if s.frame_path not in ("cpu", "gpu"):
+            raise ConfigError(f"frame_path must be cpu or gpu, not {s.frame_path!r}")
         if s.faces == "map" and not s.mapping:
             raise ConfigError("--faces map needs at least one --map REF.jpg=SRC.jpg")
         photos = [photo] if s.faces != "map" else [Path(src) for _, src in s.mapping]
         recognizer = self.recognizer() if (s.swapper != "mesh" or s.faces == "map") else None
         selector = FaceSelector(s.faces, self._mapping(recognizer, s) if s.faces == "map" else None)
-        inner: MeshSwapper | NeuralSwapper
+        inner: MeshSwapper | NeuralSwapper | GpuPairSwapper
         if s.swapper == "mesh":
             config = MeshSwapConfig(keep_mouth=s.keep_mouth or "mouth" in s.masks, colour=s.colour, opacity=s.opacity)
             inner = MeshSwapper([self.source_face(p)[1] for p in photos], config)
@@ -139,7 +142,7 @@ class Engine:
         refs = np.stack([self._identity(Path(ref), recognizer) for ref, _ in s.mapping])
         return Mapping(refs, s.map_threshold)
 
-    def _neural(self, photos: list[Path], recognizer: Recognizer, s: Settings) -> NeuralSwapper:
+    def _neural(self, photos: list[Path], recognizer: Recognizer, s: Settings) -> NeuralSwapper | GpuPairSwapper:
         spec = self.store.spec(s.swapper)
         check_role(spec, "swapper")
         path = self.store.path(s.swapper)
@@ -166,6 +169,8 @@ class Engine:
             enhance_every=s.enhance_every,
             enhance_strength=s.enhance_strength,
         )
+        if s.frame_path == "gpu":
+            return self._gpu_path(model, latents, config, s)
         return NeuralSwapper(
             model,
             latents,
@@ -174,6 +179,18 @@ class Engine:
             occluder=self._stage(self._one_of("occluder"), "occlusion", Occluder) if "occlusion" in s.masks else None,
             parser=self._stage(self._one_of("parser"), "parser", Parser) if "parser" in s.masks else None,
         )
+
+    def _gpu_path(self, model: SwapModel, latents: np.ndarray, config: NeuralConfig, s: Settings) -> GpuPairSwapper:
+        """The swap on the GPU frame path (CUDA, TensorRT runner); closed with the engine."""
+        extras = [name for name, on in (("--enhancer", s.enhancer), ("--masks occlusion/parser",
+                  {"occlusion", "parser"} & s.masks)) if on]
+        if extras:
+            raise ConfigError(f"not on the GPU frame path yet: {', '.join(extras)}; use --frame-path cpu for them")
+        swapper = open_cuda_swapper(
+            model.runner, model.crop, latents, config, model.target_name, model.source_name, s.max_faces
+        )
+        self._stack.callback(swapper.close)
+        return swapper
 
     def _one_of(self, role: str) -> str:
         """The first installed model of ``role`` (the manifest lists the preferred first)."""

@@ -36,6 +36,8 @@ _SWAP_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--no-smooth", "smooth", {"action": "store_const", "const": False, "help": "no landmark smoothing"}),
     ("--threads", "threads", {"type": int, "help": "ONNX Runtime threads per model (1)"}),
     ("--providers", "providers", {"help": "comma-separated ONNX Runtime providers to try first"}),
+    ("--frame-path", "frame_path", {"choices": ["cpu", "gpu"],
+                                    "help": "gpu: keep frames on the GPU for neural swaps (TensorRT) (cpu)"}),
     ("--runtime", "runtime", {"choices": ["auto", "cpu", "cuda", "torch", "tensorrt"],
                               "help": "what runs the models: auto (the best this machine has), cpu, "
                                       "cuda (ONNX Runtime), torch or tensorrt (auto)"}),

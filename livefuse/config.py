@@ -68,6 +68,8 @@ class Settings:
     queue_size: int = 2
     providers: str | None = None
     "Comma-separated ONNX Runtime execution providers to try first."
+    frame_path: str = "cpu"
+    "Where a neural swap's crop, paste-back and colour work runs: cpu, or gpu (the frame stays on an NVIDIA GPU)."
     runtime: str = "auto"
     "What runs the models: auto (the best this machine has), cpu, cuda (ONNX Runtime), torch or tensorrt."
     vram_budget: str | None = None

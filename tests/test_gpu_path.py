@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from livefuse.faces import Faces
 from livefuse.gpu import emulate
 from livefuse.gpu.path import GpuSwapPath, ModelIO
+from livefuse.gpu.swapper import GpuPairSwapper
 from livefuse.neural.models import SwapModel
 from livefuse.neural.swapper import NeuralConfig, NeuralSwapper
 from livefuse.runtime.ort import OrtRunner
@@ -240,3 +241,26 @@ def test_colour_matching_is_measured_on_the_gpu_and_applied_from_the_next_frame(
     diff = np.abs(outputs[1].astype(int) - matched.astype(int))
     # The map's gain (here up to ~2.5) stretches the one-level crop differences.
     assert diff.max() <= 4 and np.mean(diff > 2) < 0.002
+
+
+def test_the_pair_swapper_writes_only_on_commit_and_follows_a_size_change(runner: OrtRunner, library: Path) -> None:
+    made: list[tuple[int, int]] = []
+
+    def make(width: int, height: int) -> GpuSwapPath:
+        made.append((width, height))
+        model = emulate.HostModel(runner, {"target": (3, S, S), "source": (512,), "output": (3, S, S)})
+        io = ModelIO("target", "source", "output", 512)
+        return GpuSwapPath(emulate.HostDevice(), emulate.EmulatedKernels(library), model, io, SPEC, LATENTS,
+                           width, height, config=CONFIG)
+
+    swapper = GpuPairSwapper(make)
+    image, faces = scene(H, W, seed=11), faces_at(PLACES[:2])
+    out = image.copy()
+    patches = swapper.prepare(out, faces, PAIRS[:2])
+    assert np.array_equal(out, image)  # prepare writes nothing: all or nothing
+    swapper.commit(out, patches)
+    assert np.abs(out.astype(int) - cpu_swap(runner, image, faces, PAIRS[:2]).astype(int)).max() <= 2
+    small = scene(240, 320, seed=12)
+    swapper.commit(small, swapper.prepare(small, faces_at([(0.0, 1.0, (160.0, 120.0))]), [(0, 0)]))
+    assert made == [(W, H), (320, 240)] and swapper.faces_swapped == 1
+    swapper.close()

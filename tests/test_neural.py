@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from livefuse.app import Engine
 from livefuse.cli import main
 from livefuse.config import Settings
-from livefuse.errors import ModelError
+from livefuse.errors import ConfigError, ModelError
 from livefuse.face.topology import MOUTH_INNER, five_points
 from livefuse.models.contracts import load_emap
 from livefuse.models.files import sha256_file
@@ -360,3 +360,12 @@ def test_models_add_refuses_a_file_of_another_role(home, tmp_path, monkeypatch, 
     code = main(["models", "add", "inswapper_128", str(home / "models" / "gfpgan_1.4.onnx")])
     assert code == 1
     assert "inswapper_128" in caplog.text
+
+
+def test_gpu_frame_path_without_a_tensorrt_engine_says_how_to_get_one(home):
+    with engine_for(home, swapper="inswapper_128", frame_path="gpu") as engine:
+        with pytest.raises(ConfigError, match=r"build_engines.py --model inswapper_128.*--frame-path cpu"):
+            engine.swapper(home / "samples" / "biden.jpg")
+    with engine_for(home, swapper="inswapper_128", frame_path="gpu", enhancer="gfpgan_1.4") as engine:
+        with pytest.raises(ConfigError, match="not on the GPU frame path yet: --enhancer; use --frame-path cpu"):
+            engine.swapper(home / "samples" / "biden.jpg")
