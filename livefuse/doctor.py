@@ -245,7 +245,7 @@ def _tensorrt_problems(facts: Facts) -> list[Problem]:
         out.append(Problem(
             "no-cuda-python", "warning",
             "TensorRT is installed but cuda-python is not: the TensorRT runner needs it for streams and memory",
-            "pip install cuda-python (it ships as wheels; no CUDA toolkit needed)",
+            "pip install 'livefuse[cuda]' (cuda-python ships as wheels; no CUDA toolkit needed)",
         ))
     return out
 

@@ -68,7 +68,7 @@ TABLE = [
      [("tensorrt-libs", "error")], "libnvinfer"),
     ("TensorRT without cuda-python",
      dataclasses.replace(HEALTHY, runtime=dataclasses.replace(TRT_RT, cuda_python=None)),
-     [("no-cuda-python", "warning")], "pip install cuda-python"),
+     [("no-cuda-python", "warning")], "pip install 'livefuse[cuda]'"),
     ("GPU packages, no driver (container started without --gpus)",
      facts(packages=mapping(onnxruntime_gpu="1.18.0"), cudnn="libcudnn.so.9"),
      [("no-driver", "warning")], "--gpus all"),

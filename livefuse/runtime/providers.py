@@ -136,7 +136,7 @@ def _why_not_tensorrt(model: str, facts: RuntimeFacts) -> str | None:
     if facts.tensorrt is None:
         return facts.tensorrt_error or "TensorRT is not installed (pip install tensorrt-cu12)"
     if facts.cuda_python is None:
-        return "cuda-python is not installed (pip install cuda-python)"
+        return "cuda-python is not installed (pip install 'livefuse[cuda]')"
     if model not in facts.engines:
         return facts.engine_problems.get(model, f"no engine was checked for {model}")
     return None
