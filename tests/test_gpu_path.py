@@ -264,3 +264,27 @@ def test_the_pair_swapper_writes_only_on_commit_and_follows_a_size_change(runner
     swapper.commit(small, swapper.prepare(small, faces_at([(0.0, 1.0, (160.0, 120.0))]), [(0, 0)]))
     assert made == [(W, H), (320, 240)] and swapper.faces_swapped == 1
     swapper.close()
+
+
+def test_the_torch_backend_runs_on_the_paths_own_buffers(runner: OrtRunner, library: Path) -> None:
+    """TorchRunner.infer_device (here on the CPU, over the emulator's memory) gives the path
+    the same frame as ONNX Runtime does."""
+    from tests.test_torch_runner import _WHY_NOT
+
+    if _WHY_NOT is not None:
+        pytest.skip(f"torch backend unavailable: {_WHY_NOT}")
+    from livefuse.runtime.torch_runner import TorchRunner
+
+    image, faces = scene(H, W, seed=13), faces_at(PLACES)
+    io = ModelIO("target", "source", "output", 512)
+    with TorchRunner(runner.path, device="cpu") as torch_runner, GpuSwapPath(
+        emulate.HostDevice(), emulate.EmulatedKernels(library), torch_runner, io, SPEC, LATENTS, W, H, config=CONFIG
+    ) as path:
+        for _ in range(2):  # the second frame reuses the wrapped buffers
+            slot = path.submit(image, faces, PAIRS)
+            out = path.result(slot).copy()  # type: ignore[union-attr]
+            path.release(slot)
+        # Wrapped once per address: the batch and the output, and each slot's latents (two slots used).
+        assert len(torch_runner._wrapped) == 4
+    cpu = cpu_swap(runner, image, faces, PAIRS)
+    assert np.abs(out.astype(int) - cpu.astype(int)).max() <= 2

@@ -19,6 +19,7 @@ torch and onnx2torch are imported only inside this module, when a runner is acti
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -105,6 +106,13 @@ class _Buffers:
     graph: Any = None
 
 
+class _CudaArray:
+    """Device memory described by ``__cuda_array_interface__``, for ``torch.as_tensor``."""
+
+    def __init__(self, interface: dict[str, Any]) -> None:
+        self.__cuda_array_interface__ = interface
+
+
 class TorchRunner(Runner):
     """Runs an ONNX file as a torch module (see the module docstring).
 
@@ -140,6 +148,8 @@ class TorchRunner(Runner):
         self._in_dtypes: list[np.dtype] = []
         self._out_dtypes: list[np.dtype] = []
         self._buffers: OrderedDict[tuple[tuple[int, ...], ...], _Buffers] = OrderedDict()
+        self._shapes_of: dict[int, list[np.ndarray]] = {}
+        self._wrapped: dict[tuple[int, tuple[int, ...], str], Any] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -206,6 +216,7 @@ class TorchRunner(Runner):
         if self._stream is not None:
             self._stream.synchronize()  # no queued copy may land in freed memory
         self._buffers.clear()
+        self._wrapped.clear()
         self._module = None
         self._stream = None
 
@@ -252,6 +263,60 @@ class TorchRunner(Runner):
             raise ModelError(f"model {self.name!r}: torch module gave {len(outs)} outputs, the ONNX file declares "
                              f"{len(self._outputs)}")
         return outs
+
+    # ------------------------------------------------------------------ device memory
+
+    def infer_device(self, inputs: Mapping[str, int], outputs: Mapping[str, int], batch: int, stream: Any) -> None:
+        """One run of ``batch`` items on memory the caller owns (:class:`livefuse.gpu.path.DeviceModel`):
+        tensor name → address. On CUDA the addresses are device memory and the run is queued on
+        ``stream`` (a :class:`~livefuse.runtime.cuda.Stream` or ``cudaStream_t``); on the CPU they are
+        host memory (the GPU frame path's emulator) and the run happens now. Outputs not named are
+        dropped. The caller's buffers are wrapped once per address, not per call.
+        """
+        buffers = self._buffers_for(self._shapes_for(batch))
+        torch = self._torch
+        cuda = self._device.type == "cuda"
+        context = torch.cuda.stream(torch.cuda.ExternalStream(int(getattr(stream, "handle", stream)))) if cuda else (
+            contextlib.nullcontext())
+        with context, torch.no_grad():
+            for dev, spec, dtype in zip(buffers.dev_in, self._inputs, self._in_dtypes, strict=True):
+                dev.copy_(self._wrap(inputs[spec.name], tuple(dev.shape), dtype))
+            if buffers.graph is not None:
+                buffers.graph.replay()
+                outs = buffers.dev_out
+            else:
+                with self._autocast() if cuda else contextlib.nullcontext():
+                    outs = self._outputs_of(self._module(*buffers.dev_in))
+            for out, spec, dtype in zip(outs, self._outputs, self._out_dtypes, strict=True):
+                if spec.name in outputs:
+                    self._wrap(outputs[spec.name], tuple(out.shape), dtype).copy_(out)
+
+    def _shapes_for(self, batch: int) -> list[np.ndarray]:
+        """Zero-size stand-ins carrying each input's shape for ``batch`` (made once per batch)."""
+        if batch not in self._shapes_of:
+            shapes: list[tuple[int, ...]] = []
+            for spec in self._inputs:
+                rest = [d for d in spec.shape[1:] if isinstance(d, int)]
+                if len(rest) != len(spec.shape) - 1:
+                    raise ModelError(f"model {self.name!r}: input {spec.name!r} {spec.shape} has free dims "
+                                     "past the batch; it cannot run on caller-owned buffers")
+                shapes.append((batch, *rest))
+            self._shapes_of[batch] = [np.lib.stride_tricks.as_strided(np.zeros(1, dt), shape, [0] * len(shape))
+                                      for shape, dt in zip(shapes, self._in_dtypes, strict=True)]
+        return self._shapes_of[batch]
+
+    def _wrap(self, address: int, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+        """A tensor over the caller's memory at ``address`` (no copy)."""
+        key = (address, shape, dtype.str)
+        if key not in self._wrapped:
+            if self._device.type == "cuda":
+                interface = {"shape": shape, "typestr": dtype.str, "data": (address, False), "version": 3}
+                self._wrapped[key] = self._torch.as_tensor(_CudaArray(interface), device=self._device)
+            else:
+                from livefuse.gpu.emulate import view
+
+                self._wrapped[key] = self._torch.from_numpy(view(address, shape, dtype))
+        return self._wrapped[key]
 
     # ------------------------------------------------------------------ CPU
 
