@@ -103,9 +103,9 @@ def open_cuda_swapper(
     """The GPU frame path on CUDA device 0 for a runner that runs on device memory."""
     if not hasattr(runner, "infer_device"):
         raise ConfigError(
-            f"--frame-path gpu needs the swap model on the TensorRT runtime, but {runner.name!r} runs on "
+            f"--frame-path gpu needs the swap model on TensorRT (or torch on CUDA), but {runner.name!r} runs on "
             f"{runner.provider}: build its engine (python scripts/build_engines.py --model {runner.name}) and use "
-            "--runtime tensorrt, or use --frame-path cpu"
+            "--runtime tensorrt (or --runtime torch), or use --frame-path cpu"
         )
     from livefuse.gpu.launch import CudaKernels
     from livefuse.runtime.cuda import CudaDevice
