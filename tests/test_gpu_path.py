@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from livefuse.faces import Faces
 from livefuse.gpu import emulate
 from livefuse.gpu.path import GpuSwapPath, ModelIO
-from livefuse.gpu.swapper import GpuPairSwapper
+from livefuse.gpu.swapper import GpuPairSwapper, model_io
 from livefuse.neural.models import SwapModel
 from livefuse.neural.swapper import NeuralConfig, NeuralSwapper
 from livefuse.runtime.ort import OrtRunner
@@ -28,7 +28,7 @@ from tests.test_gpu_kernels import TEMPLATE, face_matrix, scene, spec_for
 H, W, S = 360, 480, 128
 
 
-def batch_model(path: Path) -> Path:
+def batch_model(path: Path, batch: int | str = "n") -> Path:
     """A small model with inswapper's interface and a dynamic batch: the output depends on
     both the target crop and the source latent."""
     rng = np.random.default_rng(3)
@@ -46,10 +46,10 @@ def batch_model(path: Path) -> Path:
         nodes,
         "batch",
         [
-            helper.make_tensor_value_info("target", TensorProto.FLOAT, ["n", 3, S, S]),
-            helper.make_tensor_value_info("source", TensorProto.FLOAT, ["n", 512]),
+            helper.make_tensor_value_info("target", TensorProto.FLOAT, [batch, 3, S, S]),
+            helper.make_tensor_value_info("source", TensorProto.FLOAT, [batch, 512]),
         ],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["n", 3, S, S])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 3, S, S])],
         [w, g, axes],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -288,3 +288,19 @@ def test_the_torch_backend_runs_on_the_paths_own_buffers(runner: OrtRunner, libr
         assert len(torch_runner._wrapped) == 4
     cpu = cpu_swap(runner, image, faces, PAIRS)
     assert np.abs(out.astype(int) - cpu.astype(int)).max() <= 2
+
+
+def test_a_fixed_batch_model_gets_one_call_per_face(runner: OrtRunner, library: Path, tmp_path: Path) -> None:
+    """The real inswapper is exported for a batch of 1: the path then calls it face by face."""
+    image, faces = scene(H, W, seed=14), faces_at(PLACES)
+    with OrtRunner(batch_model(tmp_path / "one.onnx", 1), threads=1) as single:
+        io = model_io(single, "target", "source")
+        assert io.max_batch == 1
+        model = emulate.HostModel(single, {"target": (3, S, S), "source": (512,), "output": (3, S, S)})
+        with GpuSwapPath(emulate.HostDevice(), emulate.EmulatedKernels(library), model, io, SPEC, LATENTS, W, H,
+                         config=CONFIG) as path:
+            slot = path.submit(image, faces, PAIRS)
+            out = path.result(slot).copy()  # type: ignore[union-attr]
+            path.release(slot)
+        assert model.calls == 3
+    assert np.abs(out.astype(int) - cpu_swap(runner, image, faces, PAIRS).astype(int)).max() <= 2

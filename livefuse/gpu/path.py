@@ -64,6 +64,8 @@ class ModelIO:
     latent_size: int
     half_input: bool = False
     half_output: bool = False
+    max_batch: int | None = None
+    "Faces per model call, for models made for a fixed batch (the real inswapper: 1); None: any."
 
 
 def _aligned(n: int) -> int:
@@ -191,7 +193,8 @@ class GpuSwapPath(Generic[D]):
         self._box = box_mask(s)
         self._box_dev = self._upload_once(self._box)
         self._item = 3 * s * s * (2 if self.io.half_output else 4)
-        self._blob = self.device.device_buffer(self.max_faces * 3 * s * s * (2 if self.io.half_input else 4))
+        self._blob_item = 3 * s * s * (2 if self.io.half_input else 4)
+        self._blob = self.device.device_buffer(self.max_faces * self._blob_item)
         self._out = self.device.device_buffer(self.max_faces * self._item)
         self._crop_args, self._paste_args = self._packs()
         self._yuv_args = ArgPack("lf_bgr_to_yuv420")
@@ -310,8 +313,7 @@ class GpuSwapPath(Generic[D]):
         if faces:
             self._crop_args.set(frame, pitch, w, h, frame + layout.affines_at, s, None, _ptr(self._blob))
             self.kernels.launch(self._crop_args, grid_for(s, s, faces), BLOCK, stream)
-            feeds = {self.io.target: _ptr(self._blob), self.io.source: frame + layout.latents_at}
-            self.model.infer_device(feeds, {self.io.output: _ptr(self._out)}, faces, stream)
+            self._infer(faces, frame + layout.latents_at, stream)
         if measure:  # before the paste changes the frame: the target's colours are measured
             rows = _ptr(slot.dev_in if self.output == "bgr" else slot.dev_out) + layout.moments_at
             args = (frame, pitch, w, h, frame + layout.affines_at, _ptr(self._out), None, s, _ptr(self._box_dev), rows)
@@ -327,6 +329,18 @@ class GpuSwapPath(Generic[D]):
             self.kernels.launch(self._paste_args, grid_for(x1 - x0, y1 - y0), BLOCK, stream)
         if self.output != "bgr":
             self._convert(frame, _ptr(slot.dev_out), stream)
+
+    def _infer(self, faces: int, latents: int, stream: Stream) -> None:
+        """The model on the batch: one call, or calls of ``io.max_batch`` for fixed-batch models."""
+        step = self.io.max_batch or faces
+        blob_item = self._blob_item
+        for start in range(0, faces, step):
+            n = min(step, faces - start)
+            feeds = {
+                self.io.target: _ptr(self._blob) + start * blob_item,
+                self.io.source: latents + start * self.io.latent_size * 4,
+            }
+            self.model.infer_device(feeds, {self.io.output: _ptr(self._out) + start * self._item}, n, stream)
 
     def _convert(self, frame: int, out: int, stream: Stream) -> None:
         w, h = self.width, self.height

@@ -90,10 +90,12 @@ def model_io(runner: Runner, target: str, source: str) -> ModelIO:
     latent = specs[source].shape[-1]
     if not isinstance(latent, int):
         raise ConfigError(f"model {runner.name!r}: the source input {source!r} has no fixed size")
+    batch = specs[target].shape[0]
     return ModelIO(
         target, source, output.name, latent,
         half_input=specs[target].dtype == "tensor(float16)",
         half_output=output.dtype == "tensor(float16)",
+        max_batch=batch if isinstance(batch, int) else getattr(runner, "capacity", None),
     )
 
 
