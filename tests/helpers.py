@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 from livefuse.face.topology import FACE_OVAL
 from livefuse.faces import Faces
@@ -114,3 +117,34 @@ def cuda_gpus() -> int:
     except ImportError:
         return 0
     return len(cuda.probe().gpus)
+
+
+def small_swap_model(path: Path, batch: int | str = "n", size: int = 128) -> Path:
+    """A small model with inswapper's interface (target, source → output, and an emap
+    initializer) whose output depends on both inputs; ``batch`` fixed or a free dim name."""
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array(rng.normal(0, 0.3, (3, 3, 3, 3)).astype(np.float32), "w")
+    g = numpy_helper.from_array(rng.normal(0, 0.5, (512, 3)).astype(np.float32), "g")
+    axes = numpy_helper.from_array(np.array([2, 3], np.int64), "axes")
+    emap = numpy_helper.from_array(rng.normal(0, 0.04, (512, 512)).astype(np.float32), "emap")
+    nodes = [
+        helper.make_node("Conv", ["target", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("MatMul", ["source", "g"], ["m"]),
+        helper.make_node("Unsqueeze", ["m", "axes"], ["m4"]),
+        helper.make_node("Add", ["c", "m4"], ["a"]),
+        helper.make_node("Sigmoid", ["a"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "small_swap",
+        [
+            helper.make_tensor_value_info("target", TensorProto.FLOAT, [batch, 3, size, size]),
+            helper.make_tensor_value_info("source", TensorProto.FLOAT, [batch, 512]),
+        ],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 3, size, size])],
+        [w, g, axes, emap],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path

@@ -18,9 +18,9 @@ from livefuse.gpu import emulate
 from livefuse.gpu.kernels import BLOCK, ArgPack, grid_for
 from livefuse.gpu.path import GpuSwapPath, ModelIO
 from livefuse.runtime.ort import OrtRunner
-from tests.helpers import cuda_gpus
+from tests.helpers import cuda_gpus, small_swap_model
 from tests.test_gpu_kernels import MATRICES, input_format, scene, spec_for
-from tests.test_gpu_path import CONFIG, LATENTS, PAIRS, PLACES, SPEC, H, S, W, batch_model, faces_at, make_path
+from tests.test_gpu_path import CONFIG, LATENTS, PAIRS, PLACES, SPEC, H, S, W, faces_at, make_path
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(cuda_gpus() == 0, reason="needs cuda-python and an NVIDIA GPU")]
 
@@ -109,7 +109,7 @@ def test_the_frame_path_on_cuda_streams_equals_the_emulated_path(gpu: Any, tmp_p
     device, kernels = gpu
     image, faces = scene(H, W, seed=4), faces_at(PLACES)
     faces = Faces(faces.boxes, faces.scores, faces.kps, track_ids=np.array([1, 2, 3]))
-    with OrtRunner(batch_model(tmp_path / "swap.onnx"), threads=2) as runner:
+    with OrtRunner(small_swap_model(tmp_path / "swap.onnx"), threads=2) as runner:
         io = ModelIO("target", "source", "output", 512)
         outputs = []
         with GpuSwapPath(device, kernels, RoundTripModel(runner), io, SPEC, LATENTS, W, H, config=CONFIG) as path:

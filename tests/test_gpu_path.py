@@ -12,9 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from livefuse.faces import Faces
 from livefuse.gpu import emulate
@@ -23,44 +21,15 @@ from livefuse.gpu.swapper import GpuPairSwapper, model_io
 from livefuse.neural.models import SwapModel
 from livefuse.neural.swapper import NeuralConfig, NeuralSwapper
 from livefuse.runtime.ort import OrtRunner
+from tests.helpers import small_swap_model
 from tests.test_gpu_kernels import TEMPLATE, face_matrix, scene, spec_for
 
 H, W, S = 360, 480, 128
 
 
-def batch_model(path: Path, batch: int | str = "n") -> Path:
-    """A small model with inswapper's interface and a dynamic batch: the output depends on
-    both the target crop and the source latent."""
-    rng = np.random.default_rng(3)
-    w = numpy_helper.from_array(rng.normal(0, 0.3, (3, 3, 3, 3)).astype(np.float32), "w")
-    g = numpy_helper.from_array(rng.normal(0, 0.5, (512, 3)).astype(np.float32), "g")
-    axes = numpy_helper.from_array(np.array([2, 3], np.int64), "axes")
-    nodes = [
-        helper.make_node("Conv", ["target", "w"], ["c"], pads=[1, 1, 1, 1]),
-        helper.make_node("MatMul", ["source", "g"], ["m"]),
-        helper.make_node("Unsqueeze", ["m", "axes"], ["m4"]),
-        helper.make_node("Add", ["c", "m4"], ["a"]),
-        helper.make_node("Sigmoid", ["a"], ["output"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "batch",
-        [
-            helper.make_tensor_value_info("target", TensorProto.FLOAT, [batch, 3, S, S]),
-            helper.make_tensor_value_info("source", TensorProto.FLOAT, [batch, 512]),
-        ],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 3, S, S])],
-        [w, g, axes],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrtRunner]:
-    with OrtRunner(batch_model(tmp_path_factory.mktemp("model") / "swap.onnx"), threads=1) as r:
+    with OrtRunner(small_swap_model(tmp_path_factory.mktemp("model") / "swap.onnx"), threads=1) as r:
         yield r
 
 
@@ -293,7 +262,7 @@ def test_the_torch_backend_runs_on_the_paths_own_buffers(runner: OrtRunner, libr
 def test_a_fixed_batch_model_gets_one_call_per_face(runner: OrtRunner, library: Path, tmp_path: Path) -> None:
     """The real inswapper is exported for a batch of 1: the path then calls it face by face."""
     image, faces = scene(H, W, seed=14), faces_at(PLACES)
-    with OrtRunner(batch_model(tmp_path / "one.onnx", 1), threads=1) as single:
+    with OrtRunner(small_swap_model(tmp_path / "one.onnx", 1), threads=1) as single:
         io = model_io(single, "target", "source")
         assert io.max_batch == 1
         model = emulate.HostModel(single, {"target": (3, S, S), "source": (512,), "output": (3, S, S)})

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from livefuse.app import Engine
 from livefuse.cli import main
@@ -29,7 +27,7 @@ from livefuse.neural.models import SwapModel
 from livefuse.neural.select import FaceSelector, Mapping, SelectingSwapper
 from livefuse.neural.swapper import NeuralConfig, NeuralSwapper
 from livefuse.runtime.ort import OrtRunner
-from tests.helpers import frame_of, hull_mask
+from tests.helpers import frame_of, hull_mask, small_swap_model
 from tests.insightface_ref import ArcFaceRef, INSwapperRef, blob, estimate_norm
 
 NEURAL = (
@@ -211,42 +209,13 @@ def test_identity_is_computed_when_a_track_starts_and_rarely_after(home, group):
     assert calls == [6, 6], calls  # at the start, and once more after 30 frames
 
 
-def _batchable_inswapper(path: Path, batch: int | str) -> Path:
-    """A small model with inswapper's interface whose graph works for any batch size
-    (the tiny stand-in's graph, like the real one, is fixed at batch 1)."""
-    rng = np.random.default_rng(3)
-    w = numpy_helper.from_array(rng.normal(0, 0.2, (3, 3, 3, 3)).astype(np.float32), "w")
-    g = numpy_helper.from_array(rng.normal(0, 0.05, (512, 3)).astype(np.float32), "g")
-    axes = numpy_helper.from_array(np.array([2, 3], np.int64), "axes")
-    emap = numpy_helper.from_array(rng.normal(0, 0.04, (512, 512)).astype(np.float32), "emap")
-    nodes = [
-        helper.make_node("Conv", ["target", "w"], ["c"], pads=[1, 1, 1, 1]),
-        helper.make_node("MatMul", ["source", "g"], ["m"]),
-        helper.make_node("Unsqueeze", ["m", "axes"], ["m4"]),
-        helper.make_node("Add", ["c", "m4"], ["a"]),
-        helper.make_node("Sigmoid", ["a"], ["output"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "batchable",
-        [helper.make_tensor_value_info("target", TensorProto.FLOAT, [batch, 3, 128, 128]),
-         helper.make_tensor_value_info("source", TensorProto.FLOAT, [batch, 512])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 3, 128, 128])],
-        [w, g, axes, emap],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
 def test_batched_run_equals_one_face_at_a_time(home, group, tmp_path):
     """All faces of a frame go through a dynamic-batch model in one call, with the same
     result as one call per face."""
     image, faces = group
     pairs = [(i, 0) for i in range(len(faces))]
-    fixed = _batchable_inswapper(tmp_path / "fixed.onnx", 1)
-    dynamic = _batchable_inswapper(tmp_path / "dynamic.onnx", "batch")
+    fixed = small_swap_model(tmp_path / "fixed.onnx", 1)
+    dynamic = small_swap_model(tmp_path / "dynamic.onnx", "batch")
     with engine_for(home, swapper="inswapper_128", colour=False) as engine:
         base = engine.swapper(home / "samples" / "biden.jpg").inner
         with OrtRunner(fixed) as one, OrtRunner(dynamic) as many:
