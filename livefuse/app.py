@@ -70,7 +70,8 @@ class Engine:
         (the settings' ``runtime``; ``auto``: the best this machine has, logged with why)."""
         with self._lock:
             if name not in self._runners:
-                runner = self._factory.open(self.store.spec(name), self.store.path(name))
+                store = self.store
+                runner = self._factory.open(store.spec(name), store.path(name), store.verified_sha256(name))
                 self._stack.callback(runner.close)
                 self._runners[name] = runner
             return self._runners[name]

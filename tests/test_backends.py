@@ -349,3 +349,17 @@ def test_engine_on_onnxruntime_cuda_uses_the_gpu(livefuse_home: Path) -> None:
     with Engine(Settings(home=str(livefuse_home), runtime="cuda", vram_budget="2GiB")) as engine:
         assert engine.runner("centerface").provider == CUDA
 
+
+
+def test_a_hash_the_caller_verified_is_not_computed_again(
+    model: tuple[ModelSpec, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Engine passes the store's verified sha256: matching the engine reads no file."""
+    saved = save_engine_for(model[1], tmp_path)
+    monkeypatch.setitem(sys.modules, "livefuse.runtime.trt", types.SimpleNamespace(TrtRunner=_Recorded))
+    monkeypatch.setattr(_Recorded, "made", [])
+    hashed: list[Path] = []
+    monkeypatch.setattr("livefuse.runtime.backends.sha256_file", lambda path: hashed.append(path) or "")
+    runner = factory(TRT_GPU, tmp_path).open(*model, onnx_sha256=saved.record.onnx_sha256)
+    assert isinstance(runner, _Recorded) and runner.kwargs["onnx_sha256"] == saved.record.onnx_sha256
+    assert hashed == []

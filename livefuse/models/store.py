@@ -250,6 +250,12 @@ class ModelStore:
         """
         return self._check(self.spec(name))
 
+    def verified_sha256(self, name: str) -> str:
+        """The sha256 of model ``name``'s installed file, as :meth:`path` verified it (cached:
+        a big model is hashed once per process, not again by whoever needs its hash)."""
+        self.path(name)
+        return self._verified[name][1]
+
     def is_verified(self, name: str) -> bool:
         """True when model ``name`` is installed and has the pinned (or recorded) sha256."""
         try:

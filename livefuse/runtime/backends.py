@@ -170,8 +170,13 @@ class RunnerFactory:
             self._hashes[onnx] = sha256_file(onnx)
         return self._hashes[onnx]
 
-    def open(self, spec: ModelSpec, onnx: Path) -> Runner:
-        """The activated runner of ``spec`` (ONNX file ``onnx``). Close it when done."""
+    def open(self, spec: ModelSpec, onnx: Path, onnx_sha256: str | None = None) -> Runner:
+        """The activated runner of ``spec`` (ONNX file ``onnx``). Close it when done.
+
+        ``onnx_sha256``: the file's hash where the caller already knows it (the model store
+        verified it), so that matching engines does not read the file again."""
+        if onnx_sha256 is not None:
+            self._hashes[onnx] = onnx_sha256
         facts = self.facts(spec, onnx)
         if self.options.runtime is not None:
             return self._forced(spec, onnx, facts, self.options.runtime)
