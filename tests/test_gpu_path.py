@@ -158,11 +158,12 @@ def test_nv12_output_is_the_swapped_frame_converted(runner: OrtRunner, library: 
     assert np.abs(cv2.GaussianBlur(nv12[H:, 0::2], (0, 0), 1.5).astype(int) - cb).mean() < 2
 
 
-def test_swap_edits_only_the_face_boxes_in_place(runner: OrtRunner, library: Path) -> None:
+def test_the_swap_stage_edits_the_frame_in_place(runner: OrtRunner, library: Path) -> None:
     image, faces = scene(H, W, seed=7), faces_at(PLACES[:1])
     out = image.copy()
     with make_path(runner, library, emulate.HostDevice()) as path:
-        path.swap(out, faces)
+        swapper = GpuPairSwapper(lambda width, height: path)
+        swapper.commit(out, swapper.prepare(out, faces, [(0, 0)]))
         assert path.faces_swapped == 1
     cpu = cpu_swap(runner, image, faces, [(0, 0)])
     assert np.abs(out.astype(int) - cpu.astype(int)).max() <= 2

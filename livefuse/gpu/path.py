@@ -160,7 +160,7 @@ class _Paste:
 class GpuSwapPath(Generic[D]):
     """Swaps faces with the frame on the GPU. ``latents[k]`` is the model's source input for
     source ``k``. ``submit``/``result``/``release`` keep up to ``slots`` frames in flight;
-    ``swap`` is the one-frame-at-a-time :class:`livefuse.pipeline.stages.Swapper`.
+    :class:`livefuse.gpu.swapper.GpuPairSwapper` makes it the pipeline's swap stage.
 
     Colour matching follows the CPU swapper's (:func:`livefuse.swap.blend.colour_transfer`,
     re-measured every ``colour_every`` frames per track), except that a measurement applies
@@ -374,20 +374,6 @@ class GpuSwapPath(Generic[D]):
     def boxes(self, slot: Slot[D]) -> list[tuple[int, int, int, int]]:
         """The frame boxes (x0, y0, x1, y1) the slot's frame was changed in."""
         return self._changed[slot.index]
-
-    def swap(self, image: np.ndarray, faces: Faces) -> None:
-        """Put source 0 onto every face of ``image``, in place, one frame at a time. Only the
-        faces' boxes are copied back into ``image``."""
-        if self.output != "bgr":
-            raise ValueError("swap() edits a BGR frame in place: make the path with output='bgr'")
-        slot = self.submit(image, faces, [(i, 0) for i in range(len(faces))])
-        try:
-            out = self.result(slot)
-            assert out is not None  # no timeout: result waits
-            for x0, y0, x1, y1 in self.boxes(slot):
-                image[y0:y1, x0:x1] = out[y0:y1, x0:x1]
-        finally:
-            self.release(slot)
 
     def close(self) -> None:
         """Wait for frames in flight, then free the ring, the model buffers and the kernels."""
