@@ -68,9 +68,7 @@ def spec_for(rgb: bool, nchw: bool, lo: float = 0.0) -> CropSpec:
 
 def input_format(spec: CropSpec, half: bool) -> InputFormat:
     fmt = InputFormat()
-    fmt.scale[:] = [float(v) for v in 1 / (255 * spec.std)]
-    fmt.offset[:] = [float(v) for v in -spec.mean / spec.std]
-    fmt.rgb, fmt.nchw, fmt.half = int(spec.rgb), int(spec.nchw), int(half)
+    fmt.set(spec, half)
     return fmt
 
 
@@ -154,7 +152,8 @@ def paste_on_gpu(
     box = align.paste_box(mask, m, frame.shape)
     assert box is not None
     x0, y0, x1, y1 = box
-    fmt = OutputFormat(spec.output_range[0], spec.output_range[1], int(spec.rgb), int(spec.nchw), int(half))
+    fmt = OutputFormat()
+    fmt.set(spec, half)
     out = np.ascontiguousarray(output.astype(np.float16) if half else output)
     pack = ArgPack("lf_paste_output")
     pack.values[10].set(m)

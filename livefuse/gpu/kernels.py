@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from livefuse.neural.crop import CropSpec
+
 #: The kernel source and the emulator's two files, shipped inside the package.
 SOURCES = ("kernels.cu", "emulate.hpp", "emulate.cpp")
 
@@ -48,6 +50,13 @@ class InputFormat(ctypes.Structure):
         ("half", ctypes.c_int),
     ]
 
+    def set(self, crop: CropSpec, half: bool) -> None:
+        """The input of a model with ``crop``'s normalisation and layout, fp16 when ``half``."""
+        scale, offset = crop.normalisation()
+        self.scale[:] = [float(v) for v in scale]
+        self.offset[:] = [float(v) for v in offset]
+        self.rgb, self.nchw, self.half = int(crop.rgb), int(crop.nchw), int(half)
+
 
 class OutputFormat(ctypes.Structure):
     """``LfOutput``: model output range, layout and precision."""
@@ -59,6 +68,11 @@ class OutputFormat(ctypes.Structure):
         ("nchw", ctypes.c_int),
         ("half", ctypes.c_int),
     ]
+
+    def set(self, crop: CropSpec, half: bool) -> None:
+        """The output of a model with ``crop``'s range and layout, fp16 when ``half``."""
+        self.lo, self.hi = crop.output_range
+        self.rgb, self.nchw, self.half = int(crop.rgb), int(crop.nchw), int(half)
 
 
 class Colour(ctypes.Structure):

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from livefuse.faces import Faces
-from livefuse.gpu.kernels import BLOCK, MOMENTS, ArgPack, InputFormat, Kernels, OutputFormat, grid_for
+from livefuse.gpu.kernels import BLOCK, MOMENTS, ArgPack, Kernels, grid_for
 from livefuse.neural.align import paste_box
 from livefuse.neural.crop import CropSpec
 from livefuse.neural.swapper import NeuralConfig, box_mask, face_mask, settle_mask, track_key
@@ -232,16 +232,10 @@ class GpuSwapPath(Generic[D]):
 
     def _packs(self) -> tuple[ArgPack, ArgPack]:
         """The crop and paste launches' argument packs, with their fixed formats filled in."""
-        spec = self.crop
         crop = ArgPack("lf_crop_input")
-        fmt: InputFormat = crop.values[6]
-        fmt.scale[:] = [float(v) for v in 1 / (255 * spec.std)]
-        fmt.offset[:] = [float(v) for v in -spec.mean / spec.std]
-        fmt.rgb, fmt.nchw, fmt.half = int(spec.rgb), int(spec.nchw), int(self.io.half_input)
+        crop.values[6].set(self.crop, self.io.half_input)
         paste = ArgPack("lf_paste_output")
-        out: OutputFormat = paste.values[7]
-        out.lo, out.hi = spec.output_range
-        out.rgb, out.nchw, out.half = int(spec.rgb), int(spec.nchw), int(self.io.half_output)
+        paste.values[7].set(self.crop, self.io.half_output)
         paste.values[11].set(None)
         return crop, paste
 

@@ -29,10 +29,13 @@ class CropSpec:
         """2×3 frame → crop transform for a face's five keypoints."""
         return similarity(kps, self.template * self.size)
 
+    def normalisation(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, offset) per model channel: input = pixel·scale + offset."""
+        return 1 / (255 * self.std), -self.mean / self.std
+
     def to_input(self, crop: np.ndarray, out: np.ndarray) -> None:
         """Write the BGR uint8 ``crop`` into ``out`` (one item: 3×S×S or S×S×3) normalised."""
-        scale = 1 / (255 * self.std)
-        offset = -self.mean / self.std
+        scale, offset = self.normalisation()
         if self.nchw:
             planes = cv2.split(crop)
             order = (2, 1, 0) if self.rgb else (0, 1, 2)
