@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from types import TracebackType
 
@@ -270,16 +270,20 @@ class Pipeline:
             if not self._hand_on(out, frame):
                 return
 
-    def _work(
-        self, inbox: FrameQueue[Frame], out: FrameQueue[Frame], step: Callable[[Frame], None]
-    ) -> None:
+    def _frames(self, inbox: FrameQueue[Frame]) -> Iterator[Frame]:
+        """The frames arriving in ``inbox`` until the pipeline stops or the queue closes."""
         while not self._stop.is_set():
             try:
                 frame = inbox.get()
             except QueueClosed:
                 return
-            if frame is None:
-                continue
+            if frame is not None:
+                yield frame
+
+    def _work(
+        self, inbox: FrameQueue[Frame], out: FrameQueue[Frame], step: Callable[[Frame], None]
+    ) -> None:
+        for frame in self._frames(inbox):
             step(frame)
             if not self._hand_on(out, frame):
                 return
@@ -304,13 +308,7 @@ class Pipeline:
 
     def _output(self, inbox: FrameQueue[Frame]) -> None:
         assert self._pool is not None
-        while not self._stop.is_set():
-            try:
-                frame = inbox.get()
-            except QueueClosed:
-                return
-            if frame is None:
-                continue
+        for frame in self._frames(inbox):
             for sink in self.sinks:
                 sink.send(frame)
             frame.stamps["output"] = time.monotonic_ns()
