@@ -274,3 +274,21 @@ def test_a_fixed_batch_model_gets_one_call_per_face(runner: OrtRunner, library: 
             path.release(slot)
         assert model.calls == 3
     assert np.abs(out.astype(int) - cpu_swap(runner, image, faces, PAIRS).astype(int)).max() <= 2
+
+
+def test_the_mesh_outline_mask_is_drawn_straight_into_the_slot() -> None:
+    """With mesh landmarks the path writes face_mask into the upload buffer (out=): the same
+    mask the CPU swapper makes as a new array."""
+    from livefuse.neural.swapper import box_mask, face_mask
+    from livefuse.scratch import Scratch
+
+    faces = faces_at(PLACES[:1])
+    angles = np.linspace(0, 2 * np.pi, 468, endpoint=False)
+    ring = np.stack([150 + 40 * np.cos(angles), 140 + 52 * np.sin(angles), np.zeros(468)], -1)
+    faces.landmarks = ring[None].astype(np.float32)
+    matrix, box = SPEC.matrix(faces.kps[0]), box_mask(S)
+    fresh = face_mask(box, faces, 0, matrix, False, Scratch())
+    slot = np.full((S, S), np.nan, np.float32)
+    drawn = face_mask(box, faces, 0, matrix, False, Scratch(), out=slot)
+    assert drawn is slot and np.array_equal(slot, fresh)
+    assert 0 < np.count_nonzero(fresh) < np.count_nonzero(box)  # the outline cut the box down

@@ -278,11 +278,11 @@ class GpuSwapPath(Generic[D]):
         measured: list[tuple[int, int]] = []
         for j, (i, k) in enumerate(pairs):
             matrix = self.crop.matrix(faces.kps[i])
-            mask = face_mask(self._box, faces, i, matrix, self.config.keep_mouth, self._scratch)
+            # Straight into the slot's upload: no per-face mask array.
+            mask = face_mask(self._box, faces, i, matrix, self.config.keep_mouth, self._scratch, out=masks[j])
             settle_mask(mask, self.config.opacity)
             affines[j] = cv2.invertAffineTransform(matrix)
             latents[j] = self.latents[k]
-            masks[j] = mask
             transfer = self._colour(track_key(faces, i), j, measured)
             box = paste_box(mask, matrix, image.shape)
             if box is not None:

@@ -51,19 +51,28 @@ def box_mask(size: int, blur: float = 0.3) -> np.ndarray:
 
 
 def face_mask(
-    box: np.ndarray, faces: Faces, i: int, matrix: np.ndarray, keep_mouth: bool, scratch: Scratch
+    box: np.ndarray,
+    faces: Faces,
+    i: int,
+    matrix: np.ndarray,
+    keep_mouth: bool,
+    scratch: Scratch,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Face ``i``'s blend mask in its crop (a new array): the feathered ``box`` ∧ the face
-    outline from the mesh where there is one, with the mouth interior left out when asked."""
+    """Face ``i``'s blend mask in its crop, in ``out`` or a new array: the feathered ``box`` ∧
+    the face outline from the mesh where there is one, with the mouth interior left out when asked."""
     if faces.landmarks is None:
-        return box.copy()
+        if out is None:
+            return box.copy()
+        np.copyto(out, box)
+        return out
     size = box.shape[0]
     pts = faces.landmarks[i, :, :2] @ matrix[:, :2].T + matrix[:, 2]
     mouth = [pts[MOUTH_INNER]] if keep_mouth else []
     # The outline keeps the paste to the face itself: a smaller region to blend than the
     # whole crop, and no square edge across hair or background.
     outline = feathered_mask((size, size), pts[FACE_OVAL], mouth, 0.06 * size, scratch, factor=4)
-    return np.minimum(outline, box)
+    return np.minimum(outline, box, out=out)
 
 
 def settle_mask(mask: np.ndarray, opacity: float) -> None:
