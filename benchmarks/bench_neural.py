@@ -28,13 +28,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import livefuse.app as app  # noqa: E402
-import livefuse.neural.swapper as swapper_module  # noqa: E402
+import livefuse.swap.neural.swapper as swapper_module  # noqa: E402
 from livefuse.config import Settings  # noqa: E402
 from livefuse.models.files import default_home, sha256_file  # noqa: E402
 from livefuse.models.manifest import load_manifest  # noqa: E402
-from livefuse.models.standins import make_faithful  # noqa: E402
 from livefuse.models.store import ModelStore  # noqa: E402
-from livefuse.neural import models as neural_models  # noqa: E402
+from livefuse.swap.neural import models as neural_models  # noqa: E402
+from livefuse.testing.standins import make_faithful  # noqa: E402
 from tests.helpers import frame_of  # noqa: E402
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "standins" / "faithful"

@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from livefuse.app import Engine  # noqa: E402
 from livefuse.config import Settings  # noqa: E402
+from livefuse.geometry.crop import CropSpec  # noqa: E402
 from livefuse.models.files import default_home  # noqa: E402
-from livefuse.neural.crop import CropSpec  # noqa: E402
-from livefuse.neural.models import SwapModel  # noqa: E402
-from livefuse.neural.swapper import NeuralConfig, NeuralSwapper  # noqa: E402
 from livefuse.runtime.base import Runner, TensorSpec  # noqa: E402
+from livefuse.swap.neural.models import SwapModel  # noqa: E402
+from livefuse.swap.neural.swapper import NeuralConfig, NeuralSwapper  # noqa: E402
 from tests.helpers import frame_of  # noqa: E402
 from tests.insightface_ref import INSwapperRef  # noqa: E402
 

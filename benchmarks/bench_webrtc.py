@@ -1,7 +1,7 @@
 """Browser → livefuse → browser latency over WebRTC, measured with a frame counter.
 
 Headless Chromium (Debian's, driven by Playwright) plays a clip of a sample portrait as
-its camera; every frame carries a 16-bit counter (``livefuse/web/fakecam.py``). The demo
+its camera; every frame carries a 16-bit counter (``livefuse/testing/fakecam.py``). The demo
 page sends the camera to ``livefuse serve``'s app on 127.0.0.1 and shows what comes
 back; ``static/probe.js`` decodes the counter in both videos as they are displayed, so
 latency = when a counter appears in the returned video − when it appeared in the local
@@ -42,7 +42,7 @@ from livefuse.config import Settings
 from livefuse.models.files import default_home
 from livefuse.models.store import ModelStore
 from livefuse.samples import SampleStore
-from livefuse.web.fakecam import chromium_flags, face_clip, write_y4m
+from livefuse.testing.fakecam import chromium_flags, face_clip, write_y4m
 from livefuse.web.server import ServerConfig, create_app
 
 SIZES = {"480p": (640, 480), "720p": (1280, 720)}

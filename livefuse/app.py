@@ -19,20 +19,20 @@ from livefuse.face.detectors import ScrfdDetector, YunetDetector
 from livefuse.face.mesh import MeshLandmarker
 from livefuse.face.topology import five_points
 from livefuse.face.track import FaceTracker, TrackerConfig
-from livefuse.gpu.swapper import GpuPairSwapper, open_cuda_swapper
+from livefuse.geometry.crop import CropSpec
 from livefuse.models.contracts import load_emap
 from livefuse.models.files import default_home
 from livefuse.models.store import ModelStore
-from livefuse.neural.build import check_role, crop_spec
-from livefuse.neural.crop import CropSpec
-from livefuse.neural.models import Enhancer, Occluder, Parser, Recognizer, SwapModel
-from livefuse.neural.select import FaceSelector, Mapping, SelectingSwapper
-from livefuse.neural.swapper import NeuralConfig, NeuralSwapper
 from livefuse.pipeline.stages import Swapper
-from livefuse.runtime.backends import RunnerFactory, RunnerOptions
+from livefuse.runtime.backends import RunnerFactory, RunnerOptions, parse_runtime
 from livefuse.runtime.base import Runner
-from livefuse.runtime.engines import default_engines_dir
+from livefuse.runtime.engine_files import default_engines_dir
+from livefuse.swap.gpu.swapper import GpuPairSwapper, open_cuda_swapper
 from livefuse.swap.mesh import MeshSwapConfig, MeshSwapper
+from livefuse.swap.neural.build import check_role, crop_spec
+from livefuse.swap.neural.models import Enhancer, Occluder, Parser, Recognizer, SwapModel
+from livefuse.swap.neural.swapper import NeuralConfig, NeuralSwapper
+from livefuse.swap.select import FaceSelector, Mapping, SelectingSwapper
 from livefuse.swap.source import SourceFace, analyse_source, read_image
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,13 @@ T = TypeVar("T")
 
 #: The ArcFace record the neural swappers and ``map`` mode use.
 RECOGNIZER = "w600k_r50"
+
+
+def runner_options(settings: Settings) -> RunnerOptions:
+    """What the settings say about running models; a bad ``runtime`` or ``vram_budget`` raises
+    :class:`ConfigError`."""
+    providers = tuple(p.strip() for p in (settings.providers or "").split(",") if p.strip())
+    return RunnerOptions(parse_runtime(settings.runtime), providers, settings.threads, settings.vram_budget_bytes)
 
 
 def home_of(settings: Settings) -> Path:
@@ -58,7 +65,7 @@ class Engine:
         self.store = store or ModelStore(home_of(settings))
         self._stack = ExitStack()
         # Checks runtime and vram_budget now; the machine's facts are gathered at the first runner.
-        self._factory = RunnerFactory(RunnerOptions.from_settings(settings), default_engines_dir(self.store.home))
+        self._factory = RunnerFactory(runner_options(settings), default_engines_dir(self.store.home))
         self._runners: dict[str, Runner] = {}
         # Web sessions build swappers from executor threads: runner creation is serialised.
         self._lock = threading.Lock()

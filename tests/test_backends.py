@@ -15,19 +15,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from livefuse.app import Engine
+from livefuse.app import Engine, runner_options
 from livefuse.cli import build_parser
 from livefuse.config import Settings, load_settings
 from livefuse.errors import ConfigError
 from livefuse.models.files import sha256_file
 from livefuse.models.manifest import ModelSpec, load_manifest
-from livefuse.models.standins import make_tiny
 from livefuse.runtime.backends import RUNTIMES, RunnerFactory, RunnerOptions, ort_config, parse_runtime
 from livefuse.runtime.base import Runner, TensorSpec
-from livefuse.runtime.engines import EngineMatch, EngineRecord, batch_profiles, save_engine
+from livefuse.runtime.engine_files import EngineMatch, EngineRecord, batch_profiles, save_engine
 from livefuse.runtime.ort import OrtRunner
 from livefuse.runtime.providers import Backend, RuntimeFacts, choose, ort_trt_cache_dir
 from livefuse.runtime.torch_runner import memory_fraction
+from livefuse.testing.standins import make_tiny
 
 MODEL = "w600k_r50"
 GIB = 1 << 30
@@ -139,7 +139,7 @@ def test_runtime_and_budget_come_from_cli_environment_and_config_file(tmp_path: 
                                       "--vram-budget", "6000MB"])
     from_cli = load_settings({"runtime": args.runtime, "vram_budget": args.vram_budget}, env=env, config=config)
     assert (from_cli.runtime, from_cli.vram_budget_bytes) == ("tensorrt", 6_000_000_000)
-    assert RunnerOptions.from_settings(from_cli).runtime is Backend.TENSORRT
+    assert runner_options(from_cli).runtime is Backend.TENSORRT
     assert load_settings({"vram_budget": "0"}, env={}).vram_budget_bytes == 0  # 0: no limit
 
 
@@ -157,7 +157,7 @@ def test_cli_offers_exactly_the_known_runtimes(capsys: pytest.CaptureFixture[str
 @pytest.mark.parametrize("text", ["6", "6G", "lots", "-1GiB", "6 GiBs", "0.0000001KB"])
 def test_bad_budget_names_the_value_and_an_example(text: str) -> None:
     with pytest.raises(ConfigError, match=rf"vram_budget '{text}' .*6GiB"):
-        RunnerOptions.from_settings(Settings(vram_budget=text))
+        runner_options(Settings(vram_budget=text))
 
 
 def test_unknown_runtime_lists_the_known_ones() -> None:

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from livefuse.errors import ModelError
-from livefuse.models import standins
 from livefuse.models.download import HttpOptions
 from livefuse.models.files import sha256_bytes
 from livefuse.models.manifest import ModelSpec, UrlSource, load_manifest
 from livefuse.models.store import PARTIAL_DIR, ModelStore
+from livefuse.testing import standins
 
 MANIFEST = load_manifest()
 FAST = HttpOptions(timeout_s=5.0, retries=2, backoff_s=0.0, chunk_bytes=64 * 1024)

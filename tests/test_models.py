@@ -22,7 +22,6 @@ import onnxruntime as ort
 import pytest
 
 from livefuse.errors import ModelError
-from livefuse.models import standins
 from livefuse.models import store as store_module
 from livefuse.models.contracts import check_contract, load_emap
 from livefuse.models.convert import convert
@@ -30,6 +29,7 @@ from livefuse.models.files import default_home, sha256_bytes, sha256_file
 from livefuse.models.manifest import MANIFEST_ENV, ModelSpec, UrlSource, load_manifest, load_templates, render_manifest
 from livefuse.models.store import LOCAL_RECORDS, ModelStore
 from livefuse.samples import SampleStore
+from livefuse.testing import standins
 
 MANIFEST = load_manifest()
 NAMES = [name for name, spec in MANIFEST.items() if not spec.optional]  # the built-in models

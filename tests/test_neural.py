@@ -21,12 +21,12 @@ from livefuse.face.topology import MOUTH_INNER, five_points
 from livefuse.models.contracts import load_emap
 from livefuse.models.files import sha256_file
 from livefuse.models.manifest import load_manifest
-from livefuse.models.standins import make_tiny
 from livefuse.models.store import ModelStore
-from livefuse.neural.models import SwapModel
-from livefuse.neural.select import FaceSelector, Mapping, SelectingSwapper
-from livefuse.neural.swapper import NeuralConfig, NeuralSwapper
 from livefuse.runtime.ort import OrtRunner
+from livefuse.swap.neural.models import SwapModel
+from livefuse.swap.neural.swapper import NeuralConfig, NeuralSwapper
+from livefuse.swap.select import FaceSelector, Mapping, SelectingSwapper
+from livefuse.testing.standins import make_tiny
 from tests.helpers import frame_of, hull_mask, small_swap_model
 from tests.insightface_ref import ArcFaceRef, INSwapperRef, blob, estimate_norm
 

@@ -14,10 +14,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from livefuse.models import standins
 from livefuse.models.files import sha256_file
 from livefuse.models.manifest import MANIFEST_ENV, ModelSpec, load_manifest
 from livefuse.models.store import ModelStore
+from livefuse.testing import standins
 
 MANIFEST = load_manifest()
 REPO = Path(__file__).resolve().parents[1]

@@ -48,7 +48,7 @@ from livefuse.app import Engine
 from livefuse.cli import build_parser
 from livefuse.config import Settings
 from livefuse.errors import ConfigError, StreamEnded
-from livefuse.web.fakecam import face_clip, read_counter
+from livefuse.testing.fakecam import face_clip, read_counter
 from livefuse.web.media import HubSink, TrackSource
 from livefuse.web.server import MANAGER, UPLOADS, ServerConfig, create_app
 from livefuse.web.session import SessionManager

@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 
 from livefuse.errors import ModelError
-from livefuse.neural import align
-from livefuse.neural.crop import CropSpec
+from livefuse.geometry import align
+from livefuse.geometry.crop import CropSpec
 from livefuse.runtime.base import Runner, TensorSpec, is_out_of_memory
 
 log = logging.getLogger(__name__)
