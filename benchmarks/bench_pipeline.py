@@ -34,6 +34,7 @@ from livefuse.frame import Frame
 from livefuse.io.sinks import NullSink, VideoFileSink
 from livefuse.io.sources import PacedSource, VideoFileSource
 from livefuse.models.files import default_home
+from livefuse.models.install import ModelInstaller
 from livefuse.models.store import ModelStore
 from livefuse.pipeline.pipeline import Pipeline
 from livefuse.samples import SampleStore
@@ -131,7 +132,7 @@ def main() -> int:
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     home = Path(os.environ.get("LIVEFUSE_HOME") or default_home())
-    ModelStore(home).pull()
+    ModelInstaller(ModelStore(home)).pull()
     samples = SampleStore(home)
     samples.pull()
     demo = samples.demo_clip()

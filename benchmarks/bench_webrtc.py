@@ -40,6 +40,7 @@ from playwright.async_api import Browser, async_playwright
 from livefuse.app import Engine
 from livefuse.config import Settings
 from livefuse.models.files import default_home
+from livefuse.models.install import ModelInstaller
 from livefuse.models.store import ModelStore
 from livefuse.samples import SampleStore
 from livefuse.testing.fakecam import chromium_flags, face_clip, write_y4m
@@ -201,7 +202,7 @@ def main() -> int:
         print(f"bench_webrtc needs Chromium at {CHROMIUM}: apt-get install -y chromium", file=sys.stderr)
         return 1
     home = Path(os.environ.get("LIVEFUSE_HOME") or default_home())
-    ModelStore(home).pull()
+    ModelInstaller(ModelStore(home)).pull()
     SampleStore(home).pull()
     runs = asyncio.run(bench(args.sizes.split(","), args.seconds, home))
     OUT.mkdir(exist_ok=True)

@@ -21,11 +21,12 @@ from livefuse.errors import ConfigError
 from livefuse.frame import Frame
 from livefuse.io.sinks import PreviewSink, VideoFileSink
 from livefuse.io.sources import open_source
+from livefuse.models.install import ModelInstaller
 from livefuse.models.store import ModelStore
 from livefuse.pipeline.metrics import RunStats
 from livefuse.pipeline.pipeline import Pipeline
 from livefuse.pipeline.stages import Sink
-from livefuse.samples import SampleStore
+from livefuse.samples import SampleStore, make_demo_clip
 
 log = logging.getLogger("livefuse")
 
@@ -154,10 +155,10 @@ def progress_printer(total: int | None, stream: TextIO = sys.stderr) -> Callable
 def demo(args: argparse.Namespace, settings: Settings) -> int:
     """Pull what is needed, swap the sample face into the sample clip, write video + still."""
     home = home_of(settings)
-    ModelStore(home).pull(log=log.info)
+    ModelInstaller(ModelStore(home)).pull(log=log.info)
     samples = SampleStore(home)
     samples.pull(log=log.info)
-    clip = samples.demo_clip()
+    clip = make_demo_clip(samples).path
     photo = Path(settings.source) if settings.source else samples.path(DEMO_SOURCE)
     # The sample person smiles and talks: keeping his own mouth interior looks natural.
     settings = replace(settings, keep_mouth=True)
@@ -195,11 +196,11 @@ def _write_side_by_side(clip: Path, index: int, swapped: np.ndarray | None, path
 def models(args: argparse.Namespace, settings: Settings) -> int:
     store = ModelStore(home_of(settings))
     if args.action == "pull":
-        for path in store.pull(args.names or None, from_dir=args.from_dir, log=log.info):
+        for path in ModelInstaller(store).pull(args.names or None, from_dir=args.from_dir, log=log.info):
             print(path)
         return 0
     if args.action == "add":
-        print(store.add(args.name, args.path))
+        print(ModelInstaller(store).add(args.name, args.path))
         return 0
     for status in store.list():
         state = "verified" if status.verified else "CORRUPT" if status.installed else "missing"
@@ -210,7 +211,7 @@ def models(args: argparse.Namespace, settings: Settings) -> int:
 def samples(args: argparse.Namespace, settings: Settings) -> int:
     store = SampleStore(home_of(settings))
     store.pull(from_dir=args.from_dir, log=log.info)
-    print(store.demo_clip())
+    print(make_demo_clip(store).path)
     return 0
 
 

@@ -20,6 +20,7 @@ from livefuse.errors import ConfigError, ModelError
 from livefuse.face.topology import MOUTH_INNER, five_points
 from livefuse.models.contracts import load_emap
 from livefuse.models.files import sha256_file
+from livefuse.models.install import ModelInstaller
 from livefuse.models.manifest import load_manifest
 from livefuse.models.store import ModelStore
 from livefuse.runtime.ort import OrtRunner
@@ -69,7 +70,7 @@ def home(livefuse_home, tiny_dir, manifest, tmp_path_factory) -> Path:
     (home / "samples").symlink_to(livefuse_home / "samples")
     store = ModelStore(home, manifest)
     for name in NEURAL:
-        store.add(name, tiny_dir / f"{name}.onnx")
+        ModelInstaller(store).add(name, tiny_dir / f"{name}.onnx")
     return home
 
 
