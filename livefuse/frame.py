@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -37,6 +38,12 @@ class Frame:
     "Stage name → ``monotonic_ns`` when that stage finished with the frame."
     error: str | None = None
     "Kind of the error that made a stage pass this frame through untouched."
+
+    @classmethod
+    def of(cls, image: np.ndarray, index: int = 0, fps: int = 30) -> Frame:
+        """``image`` as frame ``index`` of a ``fps`` stream, captured now: for library users who
+        hand livefuse their own pictures."""
+        return cls(index, index, Fraction(1, fps), time.monotonic_ns(), image)
 
     @property
     def seconds(self) -> float:

@@ -51,7 +51,7 @@ from livefuse.errors import ConfigError, StreamEnded
 from livefuse.testing.fakecam import face_clip, read_counter
 from livefuse.web.media import HubSink, TrackSource
 from livefuse.web.server import MANAGER, UPLOADS, ServerConfig, create_app
-from livefuse.web.session import SessionManager
+from livefuse.web.sessions import SessionManager
 from livefuse.web.track import FrameHub, take_newest
 from livefuse.web.uploads import ImageLimits, check_image, image_size, sniff
 
