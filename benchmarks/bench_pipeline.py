@@ -37,7 +37,7 @@ from livefuse.models.files import default_home
 from livefuse.models.install import ModelInstaller
 from livefuse.models.store import ModelStore
 from livefuse.pipeline.pipeline import Pipeline
-from livefuse.samples import SampleStore
+from livefuse.samples import SampleStore, make_demo_clip
 
 SIZES = {"480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080)}
 OUT = Path(__file__).parent / "out"
@@ -135,7 +135,7 @@ def main() -> int:
     ModelInstaller(ModelStore(home)).pull()
     samples = SampleStore(home)
     samples.pull()
-    demo = samples.demo_clip()
+    demo = make_demo_clip(samples).path
     photo = samples.path("biden.jpg")
     results = {"machine": machine(), "swapper": "mesh", "runs": {}}
     with Engine(Settings(home=str(home))) as engine:
