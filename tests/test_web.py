@@ -46,7 +46,7 @@ from av import VideoFrame
 
 from livefuse.app import Engine
 from livefuse.cli import build_parser
-from livefuse.config import Settings
+from livefuse.config import Settings, load_settings
 from livefuse.errors import ConfigError, StreamEnded
 from livefuse.testing.fakecam import face_clip, read_counter
 from livefuse.web.media import HubSink, TrackSource
@@ -79,7 +79,7 @@ def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def settings(livefuse_home: Path) -> Settings:
-    return Settings(home=str(livefuse_home))
+    return load_settings({"home": str(livefuse_home)}, env={})
 
 
 @pytest.fixture(scope="module")

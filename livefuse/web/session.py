@@ -23,7 +23,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection
 from av import VideoFrame
 
 from livefuse.app import Engine
-from livefuse.config import Settings
+from livefuse.config import Settings, SwapSettings
 from livefuse.errors import LivefuseError, OutputError, StreamEnded
 from livefuse.pipeline.pipeline import Pipeline
 from livefuse.pipeline.stages import Sink, Swapper
@@ -56,14 +56,14 @@ class Session:
         self,
         session_id: str,
         kind: SessionKind,
-        settings: Settings,
+        swap: SwapSettings,
         size: tuple[int, int] | None,
         max_viewers: int,
     ) -> None:
         self.id = session_id
         self.kind: SessionKind = kind
         self.created = time.monotonic()
-        self.controls = SwapControls(SwapState(settings))
+        self.controls = SwapControls(SwapState(swap))
         self.source = TrackSource(f"session {session_id}", size)
         self.hub = FrameHub(max_viewers + 1)  # + the demo page's own returned stream
         self.pc: RTCPeerConnection | None = None
@@ -184,7 +184,7 @@ class SessionManager:
         session's ``warning``).
         """
         offer = check_offer_sdp(sdp)
-        settings = with_choices(self.settings, **self.choices.check(options.choices))
+        settings = with_choices(self.settings.swap, **self.choices.check(options.choices))
         name = options.face or next(iter(self.choices.faces), None)
         photo = self._photo(name) if name is not None else None
         session = self._reserve(kind, options.size)
@@ -221,7 +221,7 @@ class SessionManager:
                 "another tab or OBS output and try again, or restart livefuse serve with a higher "
                 "--max-sessions"
             )
-        session = Session(secrets.token_urlsafe(9), kind, self.settings, size, self.limits.max_viewers)
+        session = Session(secrets.token_urlsafe(9), kind, self.settings.swap, size, self.limits.max_viewers)
         self._sessions[session.id] = session
         return session
 
@@ -257,7 +257,7 @@ class SessionManager:
             session.start_task = asyncio.get_running_loop().create_task(self._start_pipeline(session))
 
     async def _start_pipeline(self, session: Session) -> None:
-        use_vcam = self.settings.vcam and self._vcam_owner is None
+        use_vcam = self.settings.output.vcam and self._vcam_owner is None
         if use_vcam:
             self._vcam_owner = session.id
         loop = asyncio.get_running_loop()
@@ -300,7 +300,7 @@ class SessionManager:
             LiveAnalyzer(self.engine.tracker(), session.controls),
             LiveSwapper(session.controls),
             sinks,
-            queue_size=self.settings.queue_size,
+            queue_size=self.settings.capture.queue_size,
             live=True,
             metrics_window=STATS_WINDOW,
         )
@@ -312,7 +312,8 @@ class SessionManager:
         from livefuse.io.vcam import VirtualCameraSink
 
         info = session.source.open()
-        vcam = VirtualCameraSink(device=self.settings.vcam_device, backend=self.settings.vcam_backend)
+        output = self.settings.output
+        vcam = VirtualCameraSink(device=output.vcam_device, backend=output.vcam_backend)
         vcam.open(info)
         return Opened(vcam)
 
@@ -370,7 +371,7 @@ class SessionManager:
             raise ApiError(404, f"there is no face named {name!r}; the faces are: {known}")
         return photo
 
-    def _build(self, settings: Settings, photo: Path, name: str) -> Swapper:
+    def _build(self, settings: SwapSettings, photo: Path, name: str) -> Swapper:
         """The session's swap stage for ``photo`` (executor thread)."""
         try:
             # Blocking (the photo is analysed); the runners stay the engine's, shared.
