@@ -12,7 +12,7 @@ from typing import TypeVar, get_args
 
 import numpy as np
 
-from livefuse.config import DetectorName, RuntimeSettings, Settings, SwapSettings
+from livefuse.config import MESH, DetectorName, RuntimeSettings, Settings, SwapSettings
 from livefuse.errors import ConfigError, ModelError
 from livefuse.face.detect import CenterFaceDetector, Detector, DetectorConfig
 from livefuse.face.detectors import ScrfdDetector, YunetDetector
@@ -29,7 +29,7 @@ from livefuse.runtime.base import Runner
 from livefuse.runtime.engine_files import default_engines_dir
 from livefuse.swap.gpu.swapper import GpuPairSwapper, open_cuda_swapper
 from livefuse.swap.mesh import MeshSwapConfig, MeshSwapper
-from livefuse.swap.neural.build import check_role, crop_spec
+from livefuse.swap.neural.build import ROLES, check_role, crop_spec
 from livefuse.swap.neural.models import Enhancer, Occluder, Parser, Recognizer, SwapModel
 from livefuse.swap.neural.swapper import NeuralConfig, NeuralSwapper
 from livefuse.swap.select import FaceSelector, Mapping, SelectingSwapper
@@ -109,19 +109,33 @@ class Engine:
         """The swap stage for the face in ``photo``, as ``settings`` (default: the engine's)
         ask: swapper, enhancer, masks, face modes. The runners stay the engine's, shared."""
         s = settings or self.settings.swap
+        self._check_name(s.swapper, "swapper", (MESH,))
+        if s.enhancer:
+            self._check_name(s.enhancer, "enhancer")
         if s.faces == "map" and not s.mapping:
             raise ConfigError("--faces map needs at least one --map REF.jpg=SRC.jpg")
         photos = [photo] if s.faces != "map" else [Path(src) for _, src in s.mapping]
-        recognizer = self.recognizer() if (s.swapper != "mesh" or s.faces == "map") else None
+        recognizer = self.recognizer() if (s.swapper != MESH or s.faces == "map") else None
         selector = FaceSelector(s.faces, self._mapping(recognizer, s) if s.faces == "map" else None)
         inner: MeshSwapper | NeuralSwapper | GpuPairSwapper
-        if s.swapper == "mesh":
+        if s.swapper == MESH:
             config = MeshSwapConfig(keep_mouth=s.keep_mouth or "mouth" in s.masks, colour=s.colour, opacity=s.opacity)
             inner = MeshSwapper([self.source_face(p)[1] for p in photos], config)
         else:
             assert recognizer is not None
             inner = self._neural(photos, recognizer, s)
         return SelectingSwapper(inner, selector, recognizer)
+
+    def _check_name(self, name: str, setting: str, builtin: tuple[str, ...] = ()) -> None:
+        """``--swapper foo`` and the like: a usage error listing the known and installed models."""
+        role = ROLES[setting]
+        known = [*builtin, *(n for n, spec in self.store.manifest.items() if spec.role == role)]
+        if name not in known:
+            installed = [n for n in known if n in builtin or self.store.is_verified(n)]
+            raise ConfigError(
+                f"--{setting} {name}: not a {role}; the {role}s are {', '.join(known)} "
+                f"(installed: {', '.join(installed) or 'none'})"
+            )
 
     def recognizer(self) -> Recognizer:
         try:

@@ -37,6 +37,12 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent")
 
 
+@pytest.fixture
+def home(livefuse_home: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("LIVEFUSE_HOME", str(livefuse_home))
+    return livefuse_home
+
+
 #: (option, bad value, what the error must say is allowed)
 BAD_VALUES: list[tuple[str, Any, str]] = [
     ("detect_every", 0, "must be an integer from 1 to 1000"),
@@ -212,3 +218,18 @@ def test_choices_agree_with_what_the_lower_layers_know() -> None:
     detectors = {name for name, spec in load_manifest().items() if spec.role == "detector"}
     assert set(get_args(DetectorName)) == detectors
     assert get_args(LogLevel) == tuple(logging.getLevelName(n) for n in (10, 20, 30, 40, 50))
+
+
+@pytest.mark.parametrize(
+    "option, name, role", [("--swapper", "foo", "swapper"), ("--enhancer", "nonsense", "enhancer")]
+)
+def test_unknown_model_names_list_the_known_and_installed_ones(
+    option: str, name: str, role: str, home: Path, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    swapper = () if option == "--swapper" else ("--swapper", "inswapper_128")
+    argv = ["run", "--source", str(home / "samples" / "biden.jpg"), "--input", str(home / "samples" / "biden.jpg"),
+            "--output", str(tmp_path / "out.mp4"), *swapper, option, name]
+    code, text = _exit_code_and_error(argv, caplog)
+    assert code == 2
+    assert f"{option} {name}: not a {role}; the {role}s are " in text and "(installed: " in text
+    assert not (tmp_path / "out.mp4").exists()
