@@ -17,7 +17,6 @@ from livefuse.config import (
     MaskName,
     RuntimeName,
     Settings,
-    VcamBackend,
     integer,
     load_settings,
     number,
@@ -79,8 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     cam.add_argument("--fps", default=None, help="requested capture rate")
     cam.add_argument("--vcam", action="store_const", const=True, default=None, help="send to a virtual camera")
     cam.add_argument("--vcam-device", dest="vcam_device", default=None, help="virtual camera (Linux: /dev/videoN)")
-    cam.add_argument("--vcam-backend", dest="vcam_backend", default=None, choices=get_args(VcamBackend),
-                     help="pyvirtualcam backend (tries them all)")
+    cam.add_argument("--vcam-backend", dest="vcam_backend", default=None, help="v4l2loopback, obs or unitycapture")
     cam.add_argument("--preview", action="store_const", const=True, default=None, help="show a preview window")
     cam.add_argument("--record", type=Path, default=None, metavar="OUT.mp4", help="also write the output to a file")
     cam.add_argument("--seconds", type=_ranged(number(0, 604800, above=True)), default=None,
@@ -124,8 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="concurrent streams, 1..64 (4)")
     serve.add_argument("--vcam", action="store_const", const=True, default=None, help="also send to a virtual camera")
     serve.add_argument("--vcam-device", dest="vcam_device", default=None, help="virtual camera (Linux: /dev/videoN)")
-    serve.add_argument("--vcam-backend", dest="vcam_backend", default=None, choices=get_args(VcamBackend),
-                       help="pyvirtualcam backend (tries them all)")
+    serve.add_argument("--vcam-backend", dest="vcam_backend", default=None, help="v4l2loopback, obs or unitycapture")
 
     doctor = commands.add_parser("doctor", help="check the GPU, driver, runtimes and engines; say what to fix")
     doctor.add_argument("--home", default=None, help="models and samples directory")

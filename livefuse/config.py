@@ -50,8 +50,6 @@ DetectorName = Literal["centerface", "scrfd_det_10g", "yunet_2023mar"]
 "centerface is built in; the others once installed."
 MaskName = Literal["occlusion", "parser", "mouth"]
 "Extra masks: occlusion (XSeg), parser (BiSeNet face parts), mouth."
-VcamBackend = Literal["v4l2loopback", "obs", "unitycapture"]
-"pyvirtualcam backends: v4l2loopback (Linux), obs, unitycapture (Windows)."
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 #: The swapper built into livefuse (no weights); every other swapper is a model of the manifest.
@@ -120,7 +118,9 @@ class OutputSettings:
 
     vcam: bool = False
     vcam_device: str | None = None
-    vcam_backend: VcamBackend | None = None
+    vcam_backend: str | None = None
+    """pyvirtualcam backend: v4l2loopback (Linux), obs, unitycapture (Windows). Not a fixed list
+    (pyvirtualcam takes registered backends): the sink checks the name when it opens."""
     preview: bool = False
 
 
@@ -382,7 +382,7 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({
         "output",
         vcam=boolean,
         vcam_device=optional(text),
-        vcam_backend=optional(choice(VcamBackend)),
+        vcam_backend=optional(text),
         preview=boolean,
     ),
     **_options(

@@ -20,7 +20,6 @@ from livefuse.config import (
     FramePath,
     LogLevel,
     RuntimeName,
-    VcamBackend,
     load_settings,
     with_options,
 )
@@ -204,8 +203,7 @@ def _choices(dest: str) -> tuple[str, ...]:
 
 @pytest.mark.parametrize(
     "dest, kind",
-    [("faces", FaceMode), ("frame_path", FramePath), ("runtime", RuntimeName), ("detector", DetectorName),
-     ("vcam_backend", VcamBackend)],
+    [("faces", FaceMode), ("frame_path", FramePath), ("runtime", RuntimeName), ("detector", DetectorName)],
 )
 def test_the_command_line_offers_the_declared_choices(dest: str, kind: Any) -> None:
     assert _choices(dest) == get_args(kind)
