@@ -239,10 +239,10 @@ def choice(kind: Any) -> Parser:
 
 
 def optional(parse: Parser) -> Parser:
-    """``parse``, with an empty string meaning unset (None)."""
+    """``parse``, with None or an empty string meaning unset (None)."""
 
     def parse_optional(value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else parse(value)
+        return None if value is None or (isinstance(value, str) and not value.strip()) else parse(value)
 
     return parse_optional
 

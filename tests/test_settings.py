@@ -149,6 +149,10 @@ def test_a_session_choice_is_parsed_like_any_other_value() -> None:
     assert with_options(settings, {"mask": "occlusion,mouth"}).swap.masks == {"occlusion", "mouth"}
     with pytest.raises(ConfigError, match="mask lips: unknown mask"):
         with_options(settings, {"mask": "lips"})
+    # The web API turns the enhancer off with null
+    with_enhancer = with_options(settings, {"enhancer": "gfpgan_1.4"})
+    assert with_enhancer.swap.enhancer == "gfpgan_1.4"
+    assert with_options(with_enhancer, {"enhancer": None}).swap.enhancer is None
 
 
 def test_options_the_mesh_swapper_cannot_use_are_refused(clean_env: None, caplog: pytest.LogCaptureFixture) -> None:
