@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from livefuse.app import Engine
-from livefuse.config import Settings
+from livefuse.config import load_settings
 from livefuse.faces import Faces
 from livefuse.frame import Frame
 from livefuse.io.sinks import NullSink, VideoFileSink
@@ -138,7 +138,7 @@ def main() -> int:
     demo = make_demo_clip(samples).path
     photo = samples.path("biden.jpg")
     results = {"machine": machine(), "swapper": "mesh", "runs": {}}
-    with Engine(Settings(home=str(home))) as engine:
+    with Engine(load_settings({"home": str(home)}, env={})) as engine:
         for name in args.sizes.split(","):
             clip = make_clip(demo, SIZES[name], args.frames)
             results["runs"][name] = [run_once(engine, photo, clip, mode) for mode in ("file", "file+encode", "live")]

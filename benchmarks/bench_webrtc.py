@@ -38,7 +38,7 @@ from aiohttp import web
 from playwright.async_api import Browser, async_playwright
 
 from livefuse.app import Engine
-from livefuse.config import Settings
+from livefuse.config import Settings, load_settings
 from livefuse.models.files import default_home
 from livefuse.models.install import ModelInstaller
 from livefuse.models.store import ModelStore
@@ -148,7 +148,7 @@ async def run_once(browser: Browser, url: str, size: str, swap: bool, seconds: f
 
 async def bench(sizes: list[str], seconds: float, home: Path) -> list[dict[str, Any]]:
     loopback_only()
-    settings = Settings(home=str(home))
+    settings = load_settings({"home": str(home)}, env={})
     portrait = cv2.imread(str(SampleStore(home).path("obama.jpg")))
     runs = []
     with Engine(settings) as engine, tempfile.TemporaryDirectory(prefix="livefuse-bench-") as tmp:

@@ -35,9 +35,9 @@ DEMO_SOURCE = "biden.jpg"
 
 
 def _source_photo(settings: Settings) -> Path:
-    if not settings.source:
+    if not settings.swap.source:
         raise ConfigError("no source face: pass --source FACE.jpg (or set 'source' in the config file)")
-    return Path(settings.source).expanduser()
+    return Path(settings.swap.source).expanduser()
 
 
 def _report(stats: RunStats) -> None:
@@ -49,20 +49,21 @@ def cam(args: argparse.Namespace, settings: Settings) -> int:
     photo = _source_photo(settings)
     with Engine(settings) as engine:
         swapper = engine.swapper(photo)
-        source = open_source(settings.camera, settings.capture_size, settings.fps)
+        capture, output = settings.capture, settings.output
+        source = open_source(capture.camera, capture.size, capture.fps)
         sinks: list[Sink] = []
         stop = threading.Event()
-        if settings.vcam:
+        if output.vcam:
             from livefuse.io.vcam import VirtualCameraSink
 
-            sinks.append(VirtualCameraSink(device=settings.vcam_device, backend=settings.vcam_backend))
-        if settings.preview:
+            sinks.append(VirtualCameraSink(device=output.vcam_device, backend=output.vcam_backend))
+        if output.preview:
             sinks.append(PreviewSink(on_quit=stop.set))
         if args.record:
             sinks.append(VideoFileSink(args.record))
         if not sinks:
             raise ConfigError("nothing to output to: add --vcam, --preview and/or --record OUT.mp4")
-        pipeline = Pipeline(source, engine.tracker(), swapper, sinks, queue_size=settings.queue_size)
+        pipeline = Pipeline(source, engine.tracker(), swapper, sinks, queue_size=capture.queue_size)
         stats = _run_until(pipeline, stop, args.seconds)
     _report(stats)
     return 0
@@ -159,9 +160,9 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
     samples = SampleStore(home)
     samples.pull(log=log.info)
     clip = make_demo_clip(samples).path
-    photo = Path(settings.source) if settings.source else samples.path(DEMO_SOURCE)
+    photo = Path(settings.swap.source) if settings.swap.source else samples.path(DEMO_SOURCE)
     # The sample person smiles and talks: keeping his own mouth interior looks natural.
-    settings = replace(settings, keep_mouth=True)
+    settings = replace(settings, swap=replace(settings.swap, keep_mouth=True))
     out_dir: Path = args.output
     out_dir.mkdir(parents=True, exist_ok=True)
     video = out_dir / "demo-swapped.mp4"

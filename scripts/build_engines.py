@@ -42,7 +42,7 @@ def resolve_home(home: Path | None) -> Path | None:
     None (the default home)."""
     if home is not None:
         return Path(home).expanduser()
-    configured = load_settings({}).home
+    configured = load_settings({}).runtime.home
     return Path(configured).expanduser() if configured else None
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from livefuse.app import Engine
 from livefuse.cli import main
-from livefuse.config import Settings
+from livefuse.config import load_settings
 from livefuse.errors import ConfigError, ModelError
 from livefuse.face.topology import MOUTH_INNER, five_points
 from livefuse.models.contracts import load_emap
@@ -89,7 +89,7 @@ def source_kps(engine: Engine, photo: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def engine_for(home: Path, **options) -> Engine:
-    return Engine(Settings(home=str(home), threads=2, **options))
+    return Engine(load_settings({"home": str(home), "threads": 2, **options}, env={}))
 
 
 def swapped(home: Path, image: np.ndarray, targets, **options) -> np.ndarray:
@@ -281,7 +281,7 @@ def test_occlusion_mask_only_removes_swapped_pixels(home, group):
 
 def test_missing_neural_model_says_how_to_get_it(livefuse_home):
     with pytest.raises(ModelError) as err:
-        with Engine(Settings(home=str(livefuse_home), swapper="inswapper_128")) as engine:
+        with Engine(load_settings({"home": str(livefuse_home), "swapper": "inswapper_128"}, env={})) as engine:
             engine.swapper(livefuse_home / "samples" / "biden.jpg")
     text = str(err.value)
     assert "w600k_r50" in text or "inswapper_128" in text

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from livefuse.app import Engine
-from livefuse.config import Settings
+from livefuse.config import load_settings
 from livefuse.face.mesh import roi_from_detection, roi_from_landmarks
 from tests.helpers import frame_of
 
@@ -17,7 +17,7 @@ DETECT_EVERY = 10
 
 @pytest.fixture(scope="module")
 def engine(livefuse_home):
-    with Engine(Settings(threads=2, home=str(livefuse_home), detect_every=DETECT_EVERY)) as e:
+    with Engine(load_settings({"threads": 2, "home": str(livefuse_home), "detect_every": DETECT_EVERY}, env={})) as e:
         yield e
 
 

@@ -46,7 +46,7 @@ from av import VideoFrame
 
 from livefuse.app import Engine
 from livefuse.cli import build_parser
-from livefuse.config import Settings
+from livefuse.config import Settings, load_settings
 from livefuse.errors import ConfigError, StreamEnded
 from livefuse.testing.fakecam import face_clip, read_counter
 from livefuse.web.media import HubSink, TrackSource
@@ -79,7 +79,7 @@ def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def settings(livefuse_home: Path) -> Settings:
-    return Settings(home=str(livefuse_home))
+    return load_settings({"home": str(livefuse_home)}, env={})
 
 
 @pytest.fixture(scope="module")
@@ -390,7 +390,7 @@ def test_vcam_gets_the_processed_stream_and_a_missing_one_is_a_warning(
         return obs, session
 
     async def scenario() -> None:
-        with_vcam = replace(settings, vcam=True, vcam_backend=BACKEND)
+        with_vcam = replace(settings, output=replace(settings.output, vcam=True, vcam_backend=BACKEND))
         async with serving(engine, with_vcam) as srv:
             obs, session = await whip_session(srv)
             camera = RecordingBackend.instances[-1]
@@ -399,7 +399,8 @@ def test_vcam_gets_the_processed_stream_and_a_missing_one_is_a_warning(
                 assert r.status == 200
             assert camera.closed, "the virtual camera is released with its session"
             await obs.close()
-        async with serving(engine, replace(settings, vcam=True, vcam_backend="no-such-backend")) as srv:
+        no_backend = replace(settings.output, vcam=True, vcam_backend="no-such-backend")
+        async with serving(engine, replace(settings, output=no_backend)) as srv:
             obs, session = await whip_session(srv)
             assert "virtual camera" in (await srv.stats(session))["warning"]
             await obs.close()

@@ -117,8 +117,8 @@ class ServerConfig:
 def face_choices(settings: Settings) -> dict[str, Path]:
     """The faces sessions can pick: the --source photo first, then the installed samples."""
     choices: dict[str, Path] = {}
-    if settings.source:
-        photo = Path(settings.source).expanduser()
+    if settings.swap.source:
+        photo = Path(settings.swap.source).expanduser()
         choices[photo.name] = photo
     samples = SampleStore(home_of(settings))
     names = sorted(samples.catalog, key=lambda n: (n != DEFAULT_FACE, n))
@@ -229,7 +229,7 @@ class Api:
     async def settings_view(self, request: web.Request) -> web.Response:
         """What the page needs to draw its controls."""
         limits = self.config.limits().image
-        s = self.manager.settings
+        s = self.manager.settings.swap
         defaults = {"swapper": s.swapper, "enhancer": s.enhancer, "masks": sorted(s.masks), "keep_mouth": s.keep_mouth}
         return web.json_response(
             {

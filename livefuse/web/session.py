@@ -25,7 +25,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection
 from av import VideoFrame
 
 from livefuse.app import Engine
-from livefuse.config import Settings
+from livefuse.config import Settings, SwapSettings
 from livefuse.errors import LivefuseError, OutputError, StreamEnded
 from livefuse.pipeline.pipeline import Pipeline
 from livefuse.pipeline.stages import Sink, Swapper
@@ -70,7 +70,7 @@ class SessionServices:
             raise ApiError(404, f"there is no face named {name!r}; the faces are: {known}")
         return photo
 
-    def build(self, settings: Settings, photo: Path, name: str) -> Swapper:
+    def build(self, settings: SwapSettings, photo: Path, name: str) -> Swapper:
         """A swap stage for ``photo`` (executor thread)."""
         try:
             # Blocking (the photo is analysed); the runners stay the engine's, shared.
@@ -102,7 +102,7 @@ class Session:
         self.created = time.monotonic()
         self.services = services
         self._on_closed = on_closed
-        self.controls = SwapControls(SwapState(services.settings))
+        self.controls = SwapControls(SwapState(services.settings.swap))
         self.source = TrackSource(f"session {self.id}", size)
         self.hub = FrameHub(services.limits.max_viewers + 1)  # + the demo page's own returned stream
         self.pc: RTCPeerConnection | None = None
@@ -227,7 +227,7 @@ class Session:
 
     async def _start_pipeline(self) -> None:
         services = self.services
-        use_vcam = services.settings.vcam and services.vcam_owner is None
+        use_vcam = services.settings.output.vcam and services.vcam_owner is None
         if use_vcam:
             services.vcam_owner = self.id
         loop = asyncio.get_running_loop()
@@ -268,7 +268,7 @@ class Session:
             LiveAnalyzer(self.services.engine.tracker(), self.controls),
             LiveSwapper(self.controls),
             sinks,
-            queue_size=self.services.settings.queue_size,
+            queue_size=self.services.settings.capture.queue_size,
             live=True,
             metrics_window=STATS_WINDOW,
         )
@@ -280,8 +280,8 @@ class Session:
         from livefuse.io.vcam import VirtualCameraSink
 
         info = self.source.open()
-        settings = self.services.settings
-        vcam = VirtualCameraSink(device=settings.vcam_device, backend=settings.vcam_backend)
+        output = self.services.settings.output
+        vcam = VirtualCameraSink(device=output.vcam_device, backend=output.vcam_backend)
         vcam.open(info)
         return Opened(vcam)
 

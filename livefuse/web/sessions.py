@@ -85,7 +85,7 @@ class SessionManager:
         a WHIP client only sends. Raises ``SessionLimit`` (503) when every slot is taken.
         """
         offer = check_offer_sdp(sdp)
-        settings = with_choices(self.settings, **self.choices.check(options.choices))
+        settings = with_choices(self.settings.swap, **self.choices.check(options.choices))
         face = options.face or next(iter(self.choices.faces), None)
         if face is not None:
             self.services.photo(face)  # 404 for an unknown face before a slot is taken
