@@ -95,9 +95,14 @@ class Engine:
     def landmarker(self) -> MeshLandmarker:
         return MeshLandmarker(self.runner("face_mesh"))
 
-    def tracker(self) -> FaceTracker:
+    def tracker(self, *, live: bool = False) -> FaceTracker:
+        """The analysis stage. ``live``: the detector runs in its own thread beside the tracker,
+        so no live frame waits for it; otherwise inline (files: the same output every time).
+        Close a live tracker (the pipeline does) to stop that thread."""
         s = self.settings.analysis
-        config = TrackerConfig(detect_every=s.detect_every, max_faces=s.max_faces, smooth=s.smooth)
+        config = TrackerConfig(
+            detect_every=s.detect_every, max_faces=s.max_faces, smooth=s.smooth, background=live
+        )
         return FaceTracker(self.detector(), self.landmarker(), config)
 
     def source_face(self, photo: Path) -> tuple[np.ndarray, SourceFace]:

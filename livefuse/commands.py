@@ -63,7 +63,7 @@ def cam(args: argparse.Namespace, settings: Settings) -> int:
             sinks.append(VideoFileSink(args.record))
         if not sinks:
             raise ConfigError("nothing to output to: add --vcam, --preview and/or --record OUT.mp4")
-        pipeline = Pipeline(source, engine.tracker(), swapper, sinks, queue_size=capture.queue_size)
+        pipeline = Pipeline(source, engine.tracker(live=True), swapper, sinks, queue_size=capture.queue_size)
         stats = _run_until(pipeline, stop, args.seconds)
     _report(stats)
     return 0

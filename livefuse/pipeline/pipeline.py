@@ -376,6 +376,9 @@ class Pipeline:
             for sink in self.sinks:
                 self._keep_first_error(partial(_close_sink, sink, failed), "sink")
             self._close_quietly(self.source.close, "source")
+            close_analyzer = getattr(self.analyzer, "close", None)
+            if close_analyzer is not None:
+                self._close_quietly(close_analyzer, "analyzer")
             for queue in self._queues:
                 queue.drain()
 

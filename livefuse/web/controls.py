@@ -88,6 +88,12 @@ class LiveAnalyzer:
         """Detector runs so far (the pipeline reports the rate)."""
         return int(getattr(self._tracker, "detector_calls", 0))
 
+    def close(self) -> None:
+        """Stop the tracker's background detector (the pipeline calls this at its end)."""
+        close = getattr(self._tracker, "close", None)
+        if close is not None:
+            close()
+
     def analyze(self, frame: Frame) -> Faces:
         """The tracker's faces, or none while swapping is off."""
         if not self._controls.state.swap:

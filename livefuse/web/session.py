@@ -265,7 +265,7 @@ class Session:
                 vcam_error = exc
         pipeline = Pipeline(
             self.source,
-            LiveAnalyzer(self.services.engine.tracker(), self.controls),
+            LiveAnalyzer(self.services.engine.tracker(live=True), self.controls),
             LiveSwapper(self.controls),
             sinks,
             queue_size=self.services.settings.capture.queue_size,
