@@ -18,6 +18,7 @@ from av import VideoFrame
 from livefuse.buffers import FrameQueue, QueueClosed
 from livefuse.errors import SourceError, StreamEnded
 from livefuse.frame import Frame
+from livefuse.pipeline.metrics import Durations
 from livefuse.pipeline.stages import Sink, SourceInfo
 from livefuse.web.track import FrameHub
 
@@ -67,6 +68,8 @@ class TrackSource:
         self.last_frame = time.monotonic()
         "``time.monotonic()`` of the last offer (or of creation)."
         self.rate = RateMeter()
+        self.convert = Durations()
+        "ms per frame to convert the decoder's frame into the pipeline's BGR image."
 
     @property
     def dropped(self) -> int:
@@ -115,8 +118,10 @@ class TrackSource:
             raise StreamEnded(self.name) from None
         assert frame is not None  # get() without a timeout returns an item or raises
         height, width = image.shape[:2]
+        started = time.perf_counter()
         # One swscale pass converts (and scales, when the browser changed size) to BGR.
         np.copyto(image, frame.to_ndarray(width=width, height=height, format="bgr24"))
+        self.convert.add((time.perf_counter() - started) * 1e3)
         if frame.pts is None:
             return time.monotonic_ns() * 9 // 100_000  # ns → 90 kHz ticks
         return int(frame.pts)
@@ -145,13 +150,17 @@ class HubSink:
         self._loop = loop
         self.sent = 0
         self.rate = RateMeter()
+        self.convert = Durations()
+        "ms per frame to convert the processed BGR image into the encoder's frame."
 
     def open(self, info: SourceInfo) -> None:
         """Nothing to open: the hub exists for the session's whole life."""
 
     def send(self, frame: Frame) -> None:
         """Convert ``frame`` and post it to the hub."""
+        started = time.perf_counter()
         out = VideoFrame.from_ndarray(frame.image, format="bgr24").reformat(format="yuv420p")
+        self.convert.add((time.perf_counter() - started) * 1e3)
         out.pts = frame.pts
         out.time_base = frame.time_base
         if self._loop.is_closed():

@@ -27,6 +27,7 @@ from av import VideoFrame
 from livefuse.app import Engine
 from livefuse.config import Settings, SwapSettings
 from livefuse.errors import LivefuseError, OutputError, StreamEnded
+from livefuse.pipeline.metrics import RunStats
 from livefuse.pipeline.pipeline import Pipeline
 from livefuse.pipeline.stages import Sink, Swapper
 from livefuse.web.controls import LiveAnalyzer, LiveSwapper, SwapControls, SwapState, with_choices
@@ -154,10 +155,21 @@ class Session:
             },
             "dropped": {**dropped, "total": sum(dropped.values())},
             "detector_rate": round(run.detector_rate, 3) if run else 0.0,
+            "budget_ms": self._budget(run),
             "errors": run.errors if run else {},
             "viewers": len(self.viewers),
             "warning": self.warning,
             **self.controls.state.public(),
+        }
+
+    def _budget(self, run: RunStats | None) -> dict[str, Any]:
+        """Where a frame's milliseconds go on the server: the conversion from the decoder's
+        frame, each pipeline stage's queue wait and work, the conversion for the encoder."""
+        stages = {name: {k: round(v, 2) for k, v in b.items()} for name, b in run.budget.items()} if run else {}
+        return {
+            "convert_in": self.source.convert.percentiles(),
+            **stages,
+            "convert_out": self.sink.convert.percentiles() if self.sink else {"p50": 0.0, "p95": 0.0},
         }
 
     def summary(self) -> dict[str, Any]:
