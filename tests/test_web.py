@@ -48,6 +48,7 @@ from livefuse.app import Engine
 from livefuse.cli import build_parser
 from livefuse.config import Settings, load_settings
 from livefuse.errors import ConfigError, StreamEnded
+from livefuse.frame import Frame
 from livefuse.testing.fakecam import face_clip, read_counter
 from livefuse.web.media import HubSink, TrackSource
 from livefuse.web.server import MANAGER, UPLOADS, ServerConfig, create_app
@@ -517,6 +518,46 @@ def test_track_source_keeps_only_the_newest_frame_and_its_pts() -> None:
     source.end()
     with pytest.raises(StreamEnded):
         source.read(image)
+
+
+def test_media_conversions_are_as_faithful_as_swscale(clip: list[Image]) -> None:
+    """The conversions in and out of the pipeline (OpenCV, into buffers made once) keep the
+    picture at least as well as swscale did; a frame of another size still gets scaled."""
+    picture = clip[0]  # 640x480, the real test face
+    height, width = picture.shape[:2]
+
+    def error(image: np.ndarray, truth: np.ndarray = picture) -> float:
+        return float(np.abs(image.astype(np.int16) - truth).mean())
+
+    decoded = VideoFrame.from_ndarray(picture, format="bgr24").reformat(format="yuv420p")
+    swscale_error = error(decoded.to_ndarray(format="bgr24"))
+    source = TrackSource("convert", size=(width, height))
+    source.offer(decoded)
+    source.open()
+    image = np.zeros_like(picture)
+    source.read(image)
+    assert error(image) <= swscale_error + 0.1, (error(image), swscale_error)
+    small = TrackSource("scaled", size=(width // 2, height // 2))  # the browser sent a bigger frame
+    small.offer(decoded)
+    small.open()
+    half = np.zeros((height // 2, width // 2, 3), np.uint8)
+    small.read(half)
+    assert error(half, cv2.resize(picture, (width // 2, height // 2), interpolation=cv2.INTER_AREA)) < 4
+
+    async def scenario() -> VideoFrame:
+        hub = FrameHub(max_tracks=1)
+        track = hub.subscribe()
+        HubSink(hub, asyncio.get_running_loop()).send(
+            Frame(index=0, pts=1, time_base=Fraction(1, 90_000), capture_ns=0, image=picture)
+        )
+        await asyncio.sleep(0)
+        out = await track.recv()
+        hub.close()
+        return out
+
+    sent = run(scenario())
+    assert (sent.width, sent.height, sent.format.name) == (width, height, "yuv420p")
+    assert error(sent.to_ndarray(format="bgr24")) <= swscale_error + 0.1
 
 
 def test_hub_sink_hands_frames_to_the_loop_with_their_timestamps() -> None:
