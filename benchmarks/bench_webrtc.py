@@ -141,6 +141,7 @@ async def run_once(browser: Browser, url: str, size: str, swap: bool, seconds: f
             "dropped": server["dropped"],
             "detector_rate": server["detector_rate"],
             "size": server["size"],
+            "budget_ms": server["budget_ms"],
         },
         "machine_cpu_percent": round(100 * (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1), 0),
     }
@@ -189,6 +190,19 @@ def table(runs: list[dict[str, Any]]) -> str:
             f"({sent.get('limited_by', '?')}) | {server['latency_ms']['p50']} / {server['latency_ms']['p95']} "
             f"| {received.get('jitter_buffer_ms', 0):.0f} | {server['dropped']['total']} "
             f"| {server['detector_rate']} | {r['machine_cpu_percent']:.0f} |"
+        )
+    rows += ["", "Where the server's milliseconds go (p50 / p95; for the stages: queue wait · work):", "",
+             "| size | swap | convert in | capture | analyze | swap | output | convert out |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        b = r["server"]["budget_ms"]
+        stages = " | ".join(
+            f"{b[s]['wait_p50']}/{b[s]['wait_p95']} · {b[s]['work_p50']}/{b[s]['work_p95']}"
+            for s in ("capture", "analyze", "swap", "output")
+        )
+        rows.append(
+            f"| {r['size']} | {r['swap']} | {b['convert_in']['p50']}/{b['convert_in']['p95']} | {stages} "
+            f"| {b['convert_out']['p50']}/{b['convert_out']['p95']} |"
         )
     return "\n".join(rows)
 
