@@ -145,7 +145,7 @@ class TrackSource:
             flat, quarter = self._i420.reshape(-1), width * height // 4
             for plane, start, size in ((planes[0], 0, width * height), (planes[1], width * height, quarter),
                                        (planes[2], width * height + quarter, quarter)):
-                flat[start:start + size] = np.frombuffer(plane, np.uint8, count=size)
+                flat[start:start + size] = np.frombuffer(memoryview(plane), np.uint8, count=size)
             cv2.cvtColor(self._i420, cv2.COLOR_YUV2BGR_I420, dst=image)
         else:
             np.copyto(image, frame.to_ndarray(width=width, height=height, format="bgr24"))

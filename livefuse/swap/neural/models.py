@@ -185,6 +185,5 @@ class Parser:
         self.crop.to_input(cv2.resize(face, (s, s), interpolation=cv2.INTER_AREA), self._blob[0])
         labels = self.runner.infer({self._input: self._blob})[0][0].argmax(0)
         classes = [c for c in PARSER_FACE if not (keep_mouth and c == PARSER_MOUTH)]
-        mask = np.isin(labels, classes).astype(np.float32)
-        mask = cv2.GaussianBlur(mask, (0, 0), 3)
-        return cv2.resize(mask, (face.shape[1], face.shape[0]), interpolation=cv2.INTER_LINEAR)
+        soft = cv2.GaussianBlur(np.isin(labels, classes).astype(np.float32), (0, 0), 3)
+        return cv2.resize(soft, (face.shape[1], face.shape[0]), interpolation=cv2.INTER_LINEAR)
