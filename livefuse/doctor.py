@@ -469,9 +469,11 @@ def _model_lines(facts: Facts) -> list[str]:
     return lines or [_line("models", "none installed ('livefuse models pull')")]
 
 
-def render(facts: Facts, problems: Sequence[Problem]) -> str:
-    """The doctor's report: the facts, each model's backend and why, then each problem and its fix."""
-    lines = ["livefuse doctor", *_facts_lines(facts), *_model_lines(facts), ""]
+def render(facts: Facts, problems: Sequence[Problem], extra: Sequence[str] = ()) -> str:
+    """The doctor's report: the facts (``extra`` lines after them), each model's backend and why,
+    then each problem and its fix, errors first."""
+    problems = sorted(problems, key=lambda p: {"error": 0, "warning": 1, "info": 2}[p.severity])
+    lines = ["livefuse doctor", *_facts_lines(facts), *extra, *_model_lines(facts), ""]
     if not problems:
         lines.append("No problems found.")
     for p in problems:
