@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 
 from livefuse.app import Engine, home_of
-from livefuse.container.process import writable_dir
 from livefuse.config import Settings
+from livefuse.container.process import writable_dir
 from livefuse.errors import ConfigError
 from livefuse.frame import Frame
 from livefuse.io.sinks import PreviewSink, VideoFileSink
@@ -235,7 +235,6 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 def doctor(args: argparse.Namespace, settings: Settings) -> int:
     """Print what this machine has for livefuse and what to fix; 1 when something blocks."""
     from livefuse import doctor as checkup
-
     from livefuse.container import checks as container
 
     facts = checkup.gather(home_of(settings), args.engines, probe_bandwidth=args.probe)

@@ -96,26 +96,26 @@ build() {
     figure "cpu image size: $((bytes / 1000000)) MB"
 }
 
-run_lf() { pm run --rm --network host --shm-size=1g "${TRUST[@]}" -v lfci-data:/data "$IMAGE" "$@"; }
+run_lf() { pm run --rm --no-healthcheck --network host --shm-size=1g "${TRUST[@]}" -v lfci-data:/data "$IMAGE" "$@"; }
 
 check_user_and_doctor() {
     local uid
-    uid=$(pm run --rm --network none --entrypoint id "$IMAGE" -u)
+    uid=$(pm run --rm --no-healthcheck --network none --entrypoint id "$IMAGE" -u)
     [ "$uid" = 10001 ] || fail "the image runs as UID $uid, not 10001"
     pm volume rm -f lfci-data >/dev/null 2>&1 || true
     pm volume create lfci-data >/dev/null
 
     local out
-    out=$(pm run --rm --network none -v lfci-data:/data "$IMAGE" doctor --no-probe) || fail "doctor exited non-zero: $out"
+    out=$(pm run --rm --no-healthcheck --network none -v lfci-data:/data "$IMAGE" doctor --no-probe) || fail "doctor exited non-zero: $out"
     echo "$out"
     grep -q "CPU image, UID 10001" <<<"$out" || fail "doctor did not see the container"
     grep -q "no models are installed in /data/models" <<<"$out" || fail "doctor missed the empty models volume"
     grep -q -- "--shm-size=256m" <<<"$out" || fail "doctor missed podman's 64 MB /dev/shm"
-    out=$(pm run --rm --network none --shm-size=1g -v lfci-data:/data "$IMAGE" doctor --no-probe)
+    out=$(pm run --rm --no-healthcheck --network none --shm-size=1g -v lfci-data:/data "$IMAGE" doctor --no-probe)
     ! grep -q -- "--shm-size" <<<"$out" || fail "doctor warned about a 1 GiB /dev/shm"
 
     mkdir -p "$WORK/root-owned" && chmod 755 "$WORK/root-owned"
-    if out=$(pm run --rm --network none -v "$WORK/root-owned:/data" "$IMAGE" doctor --no-probe); then
+    if out=$(pm run --rm --no-healthcheck --network none -v "$WORK/root-owned:/data" "$IMAGE" doctor --no-probe); then
         fail "doctor passed with a volume UID 10001 cannot write"
     fi
     grep -q "not writable by this container's user (UID 10001, owned by UID 0)" <<<"$out" \
@@ -132,7 +132,7 @@ check_pull_and_demo() {
     start=$(now)
     run_lf demo --output /data/demo
     figure "demo (swap of the 15 s 720p sample clip) in the container: $(since "$start") s"
-    pm run --rm --network none -v lfci-data:/data --entrypoint python3 "$IMAGE" -c '
+    pm run --rm --no-healthcheck --network none -v lfci-data:/data --entrypoint python3 "$IMAGE" -c '
 import av, sys
 with av.open("/data/demo/demo-swapped.mp4") as f:
     n = sum(1 for _ in f.decode(video=0))
@@ -144,8 +144,10 @@ check_serve_and_stop() {
     pm rm -f lfci-serve >/dev/null 2>&1 || true
     local start healthy=""
     start=$(now)
-    # No network at all: the HEALTHCHECK runs inside the container, on its own loopback.
-    pm run -d --name lfci-serve --network none --shm-size=1g -v lfci-data:/data "$IMAGE" >/dev/null
+    # As Kubernetes runs it (read-only root, no capabilities) and with no network at all: the
+    # HEALTHCHECK runs inside the container, on its own loopback.
+    pm run -d --name lfci-serve --network none --read-only --cap-drop ALL --security-opt no-new-privileges \
+        --shm-size=1g -v lfci-data:/data "$IMAGE" >/dev/null
     for _ in $(seq 1 120); do
         if pm healthcheck run lfci-serve >/dev/null 2>&1; then
             healthy=$(since "$start")

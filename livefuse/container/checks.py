@@ -137,10 +137,11 @@ def _driver(box: ContainerFacts, host: Facts) -> Problem | None:
     other = _image_for_driver(host.driver)
     alternative = f", or use the {other} image, which this driver runs" if other else ""
     full = needed_driver(box.image_cuda)
+    every = f" ({full} for every feature)" if full and full != floor else ""
     return Problem(
         "container-driver", "error",
         f"the host's NVIDIA driver {host.driver} is too old for this image's CUDA {box.image_cuda}: "
-        f"CUDA {major} needs driver {floor} or newer" + (f" ({full} for every feature)" if full and full != floor else ""),
+        f"CUDA {major} needs driver {floor} or newer{every}",
         f"update the NVIDIA driver on the host (the container uses the host's driver){alternative}",
     )
 
