@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the CPU image with podman and runs it as its non-root user, as a user would:
-# doctor, models pull, the demo (a swap of the sample clip), serve until its HEALTHCHECK
-# passes, then SIGTERM and a clean exit within the grace period. Lints every Dockerfile.
+# doctor, models pull, the demo (a swap of the sample clip), a run stopped by SIGTERM (it must
+# exit at once and leave a playable file), serve until its HEALTHCHECK passes, then SIGTERM and
+# a clean exit within the grace period. Lints every Dockerfile.
 #
 # No image registry is reachable from CI, so the base image the Dockerfile names is
 # replaced by a stand-in built from Debian's packages (mmdebstrap) and imported under that
@@ -140,6 +141,33 @@ print(f"demo-swapped.mp4: {n} frames")
 sys.exit(n < 400)' || fail "the demo video is missing or short"
 }
 
+check_run_stops_on_sigterm() {
+    # PID 1 gets no default signal actions: without livefuse's own SIGTERM handler this run
+    # would ignore docker stop and be killed (137) after the grace period, its file lost.
+    pm rm -f lfci-run >/dev/null 2>&1 || true
+    pm run -d --name lfci-run --no-healthcheck --network none --shm-size=1g -v lfci-data:/data "$IMAGE" \
+        run --input /data/samples/demo.mp4 --output /data/stopped.mp4 --source /data/samples/biden.jpg >/dev/null
+    for _ in $(seq 1 120); do
+        pm logs lfci-run 2>&1 | grep -q "runs on CPUExecutionProvider" && break
+        sleep 0.5
+    done
+    sleep 4
+    local start took code
+    start=$(now)
+    pm stop -t "$GRACE_S" lfci-run >/dev/null
+    took=$(since "$start")
+    code=$(pm inspect --format '{{.State.ExitCode}}' lfci-run)
+    figure "run: SIGTERM mid-file to exit: $took s (grace $GRACE_S s), exit code $code"
+    [ "$code" = 130 ] || { pm logs lfci-run; fail "run exited $code on SIGTERM, not 130 (interrupted)"; }
+    pm rm lfci-run >/dev/null
+    pm run --rm --no-healthcheck --network none -v lfci-data:/data --entrypoint python3 "$IMAGE" -c '
+import av, sys
+with av.open("/data/stopped.mp4") as f:
+    n = sum(1 for _ in f.decode(video=0))
+print(f"stopped.mp4: {n} frames, a playable file up to the stop")
+sys.exit(not 0 < n < 450)' || fail "the interrupted run left no playable file"
+}
+
 check_serve_and_stop() {
     pm rm -f lfci-serve >/dev/null 2>&1 || true
     local start healthy=""
@@ -179,7 +207,7 @@ check_serve_and_stop() {
 
 cleanup() {
     if [ "${KEEP_IMAGES:-0}" != 1 ]; then
-        pm rm -f lfci-serve >/dev/null 2>&1 || true
+        pm rm -f lfci-serve lfci-run >/dev/null 2>&1 || true
         pm volume rm -f lfci-data >/dev/null 2>&1 || true
         pm system reset --force >/dev/null 2>&1 || true
         rm -rf "$WORK/storage" "$WORK/run" "$WORK/root-owned"
@@ -194,6 +222,7 @@ stand_in_base
 build
 check_user_and_doctor
 check_pull_and_demo
+check_run_stops_on_sigterm
 check_serve_and_stop
 say "all image checks passed"
 cat "$FIGURES"
