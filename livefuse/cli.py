@@ -157,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     from livefuse import commands
+    from livefuse.container.process import stop_on_sigterm
+
+    stop_on_sigterm()  # as a container's PID 1, SIGTERM would otherwise be ignored
 
     handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
         "cam": commands.cam,

@@ -33,10 +33,12 @@ LAYERS: dict[str, int] = {
     # the composition root and what is built on it
     "app": 6,
     "web": 7, "doctor": 7,
-    "commands": 8,
-    "cli": 9, "__main__": 10,
+    # running inside a container: doctor's checks there, PID-1 signals, writable volumes
+    "container": 8,
+    "commands": 9,
+    "cli": 10, "__main__": 11,
     # the public API re-exports from every layer
-    "__init__": 11,
+    "__init__": 12,
 }
 
 

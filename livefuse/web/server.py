@@ -18,6 +18,7 @@ Routes (every one except the pages and static files needs the token when one is 
 ``DELETE /whip/{id}``                  end a WHIP session
 ``POST /whep/{session}``               WHEP viewer (``application/sdp``) → 201 + Location
 ``DELETE /whep/{session}/{viewer}``    end a viewer
+``GET /healthz``                       liveness for container health checks (no token)
 ====================================  ==================================================
 
 Errors are JSON ``{"error": message}`` with a status that fits; a bug answers 500 with no
@@ -43,6 +44,7 @@ from livefuse.errors import ConfigError
 from livefuse.models.store import ModelStore
 from livefuse.samples import SampleStore
 from livefuse.web.errors import ApiError
+from livefuse.web.health import add_health_route
 from livefuse.web.http import (
     MAX_SMALL_BODY,
     SESSION_KEYS,
@@ -169,6 +171,7 @@ def create_app(config: ServerConfig, settings: Settings, engine: Engine) -> web.
     app[MANAGER] = manager
     app[UPLOADS] = uploads
     Api(config, manager).add_routes(app)
+    add_health_route(app, manager, config.max_sessions)
     app.on_response_prepare.append(security_headers)
     app.on_startup.append(_start_watcher)
     app.on_cleanup.append(_shutdown)
