@@ -33,6 +33,7 @@ from livefuse.runtime.backends import RunnerFactory, RunnerOptions
 from livefuse.runtime.base import Runner
 from livefuse.runtime.engines import default_engines_dir
 from livefuse.swap.mesh import MeshSwapConfig, MeshSwapper
+from livefuse.swap.pastemask import MASK_STYLES
 from livefuse.swap.source import SourceFace, analyse_source, read_image
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,13 @@ T = TypeVar("T")
 
 #: The ArcFace record the neural swappers and ``map`` mode use.
 RECOGNIZER = "w600k_r50"
+
+
+def mask_style(s: Settings) -> str:
+    """The neural paste mask style asked for, checked."""
+    if s.mask_style not in MASK_STYLES:
+        raise ConfigError(f"mask style must be one of {', '.join(MASK_STYLES)}, not {s.mask_style!r}")
+    return s.mask_style
 
 
 def home_of(settings: Settings) -> Path:
@@ -169,6 +177,7 @@ class Engine:
             opacity=s.opacity,
             enhance_every=s.enhance_every,
             enhance_strength=s.enhance_strength,
+            mask_style=mask_style(s),
         )
         if s.frame_path == "gpu":
             return self._gpu_path(model, latents, config, s)

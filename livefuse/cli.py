@@ -22,6 +22,7 @@ _SWAP_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--enhance-every", "enhance_every", {"type": int, "metavar": "N", "help": "enhance each face every N frames (4)"}),
     ("--enhance-strength", "enhance_strength", {"type": float, "help": "0..1 blend of the enhanced face (0.8)"}),
     ("--mask", "mask", {"metavar": "LIST", "help": "extra masks: occlusion,parser,mouth"}),
+    ("--mask-style", "mask_style", {"choices": ["face", "insightface"], "help": "neural paste mask (face)"}),
     ("--faces", "faces", {"choices": ["one", "many", "map"], "help": "which faces to swap (many)"}),
     ("--map", "map", {"action": "append", "metavar": "REF.jpg=SRC.jpg", "help": "map mode: REF's face gets SRC's"}),
     ("--map-threshold", "map_threshold", {"type": float, "help": "map mode: similarity needed (0.35)"}),

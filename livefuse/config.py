@@ -46,6 +46,8 @@ class Settings:
     enhance_strength: float = 0.8
     mask: str = ""
     "Comma-separated extra masks: occlusion (XSeg), parser (BiSeNet face parts), mouth."
+    mask_style: str = "face"
+    "Neural paste mask: face (the face outline at full opacity) or insightface (its own mask, for parity)."
     faces: str = "many"
     "Which faces to swap: one (the largest/most central), many (all), map (per identity)."
     map: str | None = None
