@@ -61,6 +61,7 @@ class SourceTexture:
         covered = covered_skin(source.image, points)
         image = cv2.inpaint(source.image, covered.view(np.uint8), 5, cv2.INPAINT_TELEA) if covered.any() else source.image
         image = evenly_lit(image, points)
+        image = face_only(image, points)
         own = pts[TRIANGLES]
         # The mirror image of triangle (a, b, c) is (M[a], M[b], M[c]), wound the other way.
         mirror = pts[MIRROR[TRIANGLES]]
@@ -105,6 +106,24 @@ def evenly_lit(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     level = float(np.median(luma[skin > 0])) if skin.any() else float(luma.mean())
     gain = np.clip((level + 8) / (low + 8), 0.67, 1.5)
     return cv2.convertScaleAbs(image.astype(np.float32) * gain[..., None])
+
+
+def face_only(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``image`` with every pixel outside the face outline replaced by the nearest pixel
+    inside it: no sample of the texture (its smaller copies blurred from it included) can
+    then carry background, hair or ears in from past the outline."""
+    inside = np.zeros(image.shape[:2], np.uint8)
+    cv2.fillPoly(inside, [np.round(points[FACE_OVAL, :2]).astype(np.int32)], 1)
+    inside = cv2.erode(inside, np.ones((3, 3), np.uint8))
+    if not inside.any():
+        return image
+    # Labels of the nearest zero pixel of (1 − inside), i.e. the nearest inside pixel.
+    _, labels = cv2.distanceTransformWithLabels(1 - inside, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    ys, xs = np.nonzero(inside == 1)
+    # DIST_LABEL_PIXEL numbers the zero pixels in row-major order, as np.nonzero lists them.
+    lut_y = np.concatenate([[0], ys])
+    lut_x = np.concatenate([[0], xs])
+    return image[lut_y[labels], lut_x[labels]]
 
 
 def inset_outline(points: np.ndarray) -> np.ndarray:
