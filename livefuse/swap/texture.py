@@ -138,7 +138,8 @@ def inset_outline(points: np.ndarray) -> np.ndarray:
 def covered_skin(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Pixels inside the face outline that are not its skin, (h, w) bool: of another colour
     than the cheeks anywhere (background or hair inside the outline of a turned face, glasses
-    frames), or much darker on the forehead and temples (a fringe, strands of hair).
+    frames), brighter and paler (grey or white hair), or much darker on the forehead and
+    temples (a fringe, strands of hair).
 
     Darkness counts only up there: lower down, creases and shadows beside the nose and mouth
     are as dark as hair and belong to the face."""
@@ -164,8 +165,11 @@ def covered_skin(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     cv2.dilate(features, np.ones((3, 3), np.uint8), dst=features, iterations=max(1, int(0.02 * face_w)))
     z = (ycc - mean) / spread
     dark = (-z[..., 0] > 4.0) & (forehead > 0)
-    hue = np.hypot(z[..., 1], z[..., 2]) > 6.0
-    found = ((dark | hue) & (face > 0) & (features == 0)).view(np.uint8)
+    chroma = np.hypot(z[..., 1], z[..., 2])
+    hue = chroma > 6.0
+    # Grey or white hair: brighter than the skin and less coloured.
+    pale = (z[..., 0] > 2.5) & (chroma > 3.0)
+    found = ((dark | hue | pale) & (face > 0) & (features == 0)).view(np.uint8)
     # Drop single noisy pixels, then grow a little to take in the strands' soft edges.
     found = cv2.morphologyEx(found, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
     found = cv2.dilate(found, np.ones((3, 3), np.uint8), iterations=2)
