@@ -19,6 +19,7 @@ from livefuse.neural.models import Enhancer, Occluder, Parser, SwapModel
 from livefuse.scratch import Scratch
 from livefuse.swap.blend import colour_transfer
 from livefuse.swap.pastemask import covering_mask, insightface_mask
+from livefuse.swap.relight import relight
 from livefuse.swap.visible import cut
 
 
@@ -41,6 +42,10 @@ class NeuralConfig:
     "Re-measure a face's colour transfer every N frames (skin colour changes slowly)."
     mask_style: str = "face"
     "Paste mask: 'face' (the mesh's face outline, full opacity) or 'insightface' (its erode-and-blur mask)."
+
+
+#: The face's width as a share of the aligned crop's side (the relighting grid's scale).
+RELIGHT_FACE = 0.6
 
 
 def box_mask(size: int, blur: float = 0.3) -> np.ndarray:
@@ -131,6 +136,7 @@ class NeuralSwapper:
 
     def __post_init__(self) -> None:
         self._box = box_mask(self.model.crop.size)
+        self._skin = (self._box > 0.5).astype(np.float32)
 
     def swap(self, image: np.ndarray, faces: Faces) -> None:
         """Put source 0 onto every face of ``faces``; all or nothing."""
@@ -177,6 +183,8 @@ class NeuralSwapper:
             self._colours[track] = (transfer, age + 1)
             if transfer is not None:
                 face = cv2.transform(face, transfer)
+            # The target's low-frequency light on top: no step where the paste meets the frame.
+            face = relight(face, target, self._skin, RELIGHT_FACE * face.shape[1], self._scratch)
         if self.config.sharpness > 0:
             blur = cv2.GaussianBlur(face, (0, 0), 1.0)
             face = cv2.addWeighted(face, 1 + self.config.sharpness, blur, -self.config.sharpness, 0)
