@@ -1,5 +1,10 @@
-"""The built-in swapper: a piecewise-affine warp of the source face over the mesh
-triangles, colour and lighting matched, blended with a feathered mask — face regions only."""
+"""The built-in swapper: a piecewise-affine warp of the source face over MediaPipe's
+canonical mesh triangles, relit to the target's light, blended with a mask that follows the
+painted surface — face regions only.
+
+The source side (texture.py) holds only the source's visible skin; on the target side
+triangles turned away at the silhouette are not painted, and an open mouth keeps its
+interior."""
 
 from __future__ import annotations
 

@@ -4,11 +4,19 @@ the openings (eyes, an open mouth) where the target's own pixels stay."""
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
 from livefuse.scratch import Scratch
-from livefuse.swap.blend import _disc, low_res
+
+
+@functools.lru_cache(maxsize=32)
+def _disc(radius: int) -> np.ndarray:
+    """A disc-shaped structuring element (a constant per radius)."""
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
 
 #: ``ids`` value of pixels under a triangle that is drawn but not painted (an opening).
 HOLE = -2
