@@ -178,6 +178,7 @@ class Engine:
             enhance_every=s.enhance_every,
             enhance_strength=s.enhance_strength,
             mask_style=mask_style(s),
+            relight=s.frame_path == "cpu",
         )
         if s.frame_path == "gpu":
             return self._gpu_path(model, latents, config, s)

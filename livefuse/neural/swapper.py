@@ -40,6 +40,8 @@ class NeuralConfig:
     "0..1 blend of the enhanced face over the swapped one."
     colour_every: int = 8
     "Re-measure a face's colour transfer every N frames (skin colour changes slowly)."
+    relight: bool = False
+    "Put the target's low-frequency light on the swapped crop (CPU frame path; the GPU path has no kernel for it yet)."
     mask_style: str = "face"
     "Paste mask: 'face' (the mesh's face outline, full opacity) or 'insightface' (its erode-and-blur mask)."
 
@@ -183,8 +185,9 @@ class NeuralSwapper:
             self._colours[track] = (transfer, age + 1)
             if transfer is not None:
                 face = cv2.transform(face, transfer)
-            # The target's low-frequency light on top: no step where the paste meets the frame.
-            face = relight(face, target, self._skin, RELIGHT_FACE * face.shape[1], self._scratch)
+            if self.config.relight:
+                # The target's low-frequency light on top: no step where the paste meets the frame.
+                face = relight(face, target, self._skin, RELIGHT_FACE * face.shape[1], self._scratch)
         if self.config.sharpness > 0:
             blur = cv2.GaussianBlur(face, (0, 0), 1.0)
             face = cv2.addWeighted(face, 1 + self.config.sharpness, blur, -self.config.sharpness, 0)
