@@ -26,7 +26,19 @@ from livefuse.app import Engine
 from livefuse.config import Settings
 from livefuse.testing.fakecam import chromium_flags, read_counter, write_y4m
 from tests import test_web as shared
-from tests.test_web import REPO, Image, Served, assert_swapped, assert_untouched, diff, masks, run, serving
+from tests.test_web import (
+    CHANGED,
+    REPO,
+    SAME,
+    Image,
+    Served,
+    assert_swapped,
+    assert_untouched,
+    diff,
+    masks,
+    run,
+    serving,
+)
 
 # The fixtures this test shares with test_web (pytest finds them by these names).
 loopback_ice = shared.loopback_ice
@@ -84,6 +96,40 @@ async def wait_setting(srv: Served, session: str, swap: bool) -> None:
     await asyncio.sleep(0.7)  # frames already on their way were made before the change
 
 
+async def until_face_ready(srv: Served, session: str, face: str, timeout: float = 30) -> None:
+    """Wait until the server has analysed the chosen face photo (it does so while the video
+    already flows, so the first frames come back unswapped)."""
+    deadline = time.monotonic() + timeout
+    while (await srv.stats(session))["face"] != face:
+        assert time.monotonic() < deadline, f"the face {face} was never ready"
+        await asyncio.sleep(0.1)
+
+
+async def until_changed(page: Page, face_box: np.ndarray, timeout: float = 15) -> None:
+    """Wait until the returned frames show a swapped face: frames from before the face was
+    ready are still on their way through the encoder, network and jitter buffer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, local, remote = (await pairs(page, 1))[0]
+        inner, _ = masks(face_box, local.shape)
+        if diff(remote, local, inner) > CHANGED:
+            return
+        assert time.monotonic() < deadline, "the face must be swapped"
+
+
+async def until_untouched(page: Page, face_box: np.ndarray, timeout: float = 15) -> None:
+    """Wait until the returned frames show the camera's own face: frames swapped before the
+    switch are still on their way through the encoder, network and the browser's jitter
+    buffer (longer on a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, local, remote = (await pairs(page, 1))[0]
+        inner, _ = masks(face_box, local.shape)
+        if diff(remote, local, inner) < SAME:
+            return
+        assert time.monotonic() < deadline, "with swapping off the face must come back as it went"
+
+
 def test_demo_page_in_chromium_swaps_the_camera_face_and_switches_off_live(
     loopback_ice: None,
     engine: Engine,
@@ -113,7 +159,8 @@ def test_demo_page_in_chromium_swaps_the_camera_face_and_switches_off_live(
                 await page.click("#start")
                 await wait_playing(page, "#remote")
                 session = await page.evaluate("window.livefuse.state.session")
-
+                await until_face_ready(srv, session, "biden.jpg")
+                await until_changed(page, face_box)
                 for counter, local, remote in await pairs(page, 3):
                     # The camera really is the clip (not Chromium's built-in test pattern)...
                     assert read_counter(local) == counter
@@ -132,7 +179,8 @@ def test_demo_page_in_chromium_swaps_the_camera_face_and_switches_off_live(
 
                 await page.click("#swap")  # off, on the running stream
                 await wait_setting(srv, session, swap=False)
-                for _, local, remote in await pairs(page, 2):
+                await until_untouched(page, face_box)
+                for _, local, remote in await pairs(page, 2):  # and it stays off
                     assert_untouched(remote, local, face_box)
 
                 assert not errors, f"the page threw: {errors}"

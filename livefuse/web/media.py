@@ -71,7 +71,6 @@ class TrackSource:
         self.rate = RateMeter()
         self.convert = Durations()
         "ms per frame to convert the decoder's frame into the pipeline's BGR image."
-        self._i420: np.ndarray | None = None
 
     @property
     def dropped(self) -> int:
@@ -127,28 +126,11 @@ class TrackSource:
         return int(frame.pts)
 
     def _to_bgr(self, frame: VideoFrame, image: np.ndarray) -> None:
-        """Convert the decoder's frame into ``image``. The usual case (yuv420p at the
-        pipeline's size, unpadded rows): the planes are gathered into one I420 buffer made
-        once, and OpenCV converts it straight into ``image``, about twice as fast as
-        swscale into a new array and a copy. Anything else: one swscale pass, which also
-        scales when the browser changed its sending size."""
+        """Convert the decoder's frame into ``image``: one swscale pass, which also scales when
+        the browser changed its sending size. (Gathering the planes for OpenCV was faster in
+        isolation, but the browser test then lost the face on its first frames; kept simple.)"""
         height, width = image.shape[:2]
-        planes = frame.planes
-        if (
-            frame.format.name == "yuv420p"
-            and (frame.width, frame.height) == (width, height)
-            and width % 2 == 0 and height % 2 == 0
-            and [p.line_size for p in planes] == [width, width // 2, width // 2]
-        ):
-            if self._i420 is None or self._i420.shape != (height * 3 // 2, width):
-                self._i420 = np.empty((height * 3 // 2, width), np.uint8)
-            flat, quarter = self._i420.reshape(-1), width * height // 4
-            for plane, start, size in ((planes[0], 0, width * height), (planes[1], width * height, quarter),
-                                       (planes[2], width * height + quarter, quarter)):
-                flat[start:start + size] = np.frombuffer(memoryview(plane), np.uint8, count=size)
-            cv2.cvtColor(self._i420, cv2.COLOR_YUV2BGR_I420, dst=image)
-        else:
-            np.copyto(image, frame.to_ndarray(width=width, height=height, format="bgr24"))
+        np.copyto(image, frame.to_ndarray(width=width, height=height, format="bgr24"))
 
     def end(self) -> None:
         """End the stream: a waiting or later ``read`` raises ``StreamEnded``. Idempotent."""
