@@ -83,3 +83,12 @@ def private_state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyt
     state = tmp_path_factory.mktemp("state")
     monkeypatch.setenv("LIVEFUSE_STATE_DIR", str(state))
     return state
+
+
+@pytest.fixture
+def cli_home(livefuse_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The cache home as ``livefuse`` commands see it: LIVEFUSE_HOME set, no config file."""
+    monkeypatch.setenv("LIVEFUSE_HOME", str(livefuse_home))
+    monkeypatch.delenv("LIVEFUSE_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent")
+    return livefuse_home

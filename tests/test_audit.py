@@ -114,16 +114,8 @@ def test_appends_from_several_threads_keep_one_chain(tmp_path):
     assert report.ok and report.rows == 75
 
 
-@pytest.fixture
-def home(livefuse_home, monkeypatch):
-    monkeypatch.setenv("LIVEFUSE_HOME", str(livefuse_home))
-    monkeypatch.delenv("LIVEFUSE_CONFIG", raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent")
-    return livefuse_home
-
-
-def test_run_is_recorded_with_hashes_and_livefuse_audit_shows_it(home, tmp_path, private_state_dir, capsys):
-    photo, target = home / "samples" / "biden.jpg", home / "samples" / "obama.jpg"
+def test_run_is_recorded_with_hashes_and_livefuse_audit_shows_it(cli_home, tmp_path, private_state_dir, capsys):
+    photo, target = cli_home / "samples" / "biden.jpg", cli_home / "samples" / "obama.jpg"
     out = tmp_path / "out.mp4"
     assert main(["run", "--source", str(photo), "--input", str(target), "--output", str(out), "--opacity", "0.9"]) == 0
     assert main(["run", "--source", str(photo), "--input", str(tmp_path / "missing.mp4"),

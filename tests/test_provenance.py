@@ -177,51 +177,43 @@ def test_sink_signs_before_the_file_appears(tmp_path, operator):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recording.mp4"]
 
 
-@pytest.fixture
-def home(livefuse_home, monkeypatch):
-    monkeypatch.setenv("LIVEFUSE_HOME", str(livefuse_home))
-    monkeypatch.delenv("LIVEFUSE_CONFIG", raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent")
-    return livefuse_home
-
-
 def _run(home: Path, out: Path, *extra: str) -> int:
     photo = str(home / "samples" / "biden.jpg")
     return main(["run", "--source", photo, "--input", str(home / "samples" / "obama.jpg"), "--output", str(out),
                  *extra])
 
 
-def test_run_signs_its_output_with_the_operators_certificate(home, tmp_path, operator, capsys):
+def test_run_signs_its_output_with_the_operators_certificate(cli_home, tmp_path, operator, capsys):
     out = tmp_path / "swapped.mp4"
-    assert _run(home, out, "--sign-cert", str(operator[0]), "--sign-key", str(operator[1])) == 0
+    assert _run(cli_home, out, "--sign-cert", str(operator[0]), "--sign-key", str(operator[1])) == 0
     capsys.readouterr()
     assert main(["verify", str(out)]) == 0
     assert "signed by: Test Operator" in capsys.readouterr().out
 
 
-def test_run_signs_with_a_self_signed_certificate_by_default(home, tmp_path, private_state_dir):
+def test_run_signs_with_a_self_signed_certificate_by_default(cli_home, tmp_path, private_state_dir):
     out = tmp_path / "swapped.mp4"
-    assert _run(home, out) == 0
+    assert _run(cli_home, out) == 0
     assert (private_state_dir / "credentials" / "livefuse-signer.pem").is_file()
     verdict = verify_file(out)
     assert verdict.state == "valid" and verdict.issuer == "livefuse (self-signed)"
 
 
-def test_no_credentials_writes_an_unsigned_file_with_a_warning(home, tmp_path, caplog):
+def test_no_credentials_writes_an_unsigned_file_with_a_warning(cli_home, tmp_path, caplog):
     out = tmp_path / "plain.mp4"
-    assert _run(home, out, "--no-credentials") == 0
+    assert _run(cli_home, out, "--no-credentials") == 0
     assert "content credentials are off" in caplog.text
     assert main(["verify", str(out)]) == 1
 
 
-def test_a_bad_signing_key_stops_the_run_before_any_work(home, tmp_path, operator, caplog):
+def test_a_bad_signing_key_stops_the_run_before_any_work(cli_home, tmp_path, operator, caplog):
     bad = tmp_path / "key.pem"
     bad.write_text("not a key")
     out = tmp_path / "o.mp4"
-    assert _run(home, out, "--sign-cert", str(operator[0]), "--sign-key", str(bad)) == 1
+    assert _run(cli_home, out, "--sign-cert", str(operator[0]), "--sign-key", str(bad)) == 1
     assert "not an unencrypted PEM private key" in caplog.text
     assert not out.exists()
-    assert _run(home, out, "--sign-cert", str(operator[0])) == 2  # a certificate without its key
+    assert _run(cli_home, out, "--sign-cert", str(operator[0])) == 2  # a certificate without its key
     assert "--sign-key" in caplog.text
 
 
@@ -238,12 +230,12 @@ def test_label_patch_goes_into_the_corner_only():
     assert render_label(DEFAULT_LABEL, 720).shape[0] == bottom - top + 1
 
 
-def test_cam_records_the_label_on_its_output(home, tmp_path):
+def test_cam_records_the_label_on_its_output(cli_home, tmp_path):
     """A live run with --label: the recording carries the label's pixels (and credentials)."""
     clip = tmp_path / "camera.mp4"
     _write_mp4(clip, frames=15)
     out = tmp_path / "recorded.mp4"
-    code = main(["cam", "--source", str(home / "samples" / "biden.jpg"), "--camera", str(clip),
+    code = main(["cam", "--source", str(cli_home / "samples" / "biden.jpg"), "--camera", str(clip),
                  "--record", str(out), "--label", "--seconds", "20"])
     assert code == 0
     with av.open(str(out)) as container:

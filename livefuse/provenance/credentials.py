@@ -172,6 +172,8 @@ class Verdict:
     signer: str | None = None
     issuer: str | None = None
     signed_at: str | None = None
+    timestamped: bool = False
+    "``signed_at`` comes from a timestamp authority; else it is the time the signer wrote in."
     generator: str | None = None
     actions: tuple[str, ...] = ()
     "Each action as one line: what, with which tool and parameters."
@@ -189,7 +191,8 @@ class Verdict:
         lines.append(f"  made by: {self.generator or 'unknown'}" + ("" if self.by_livefuse else " (not livefuse)"))
         trust = "trusted" if self.trusted else "not in a trust list (self-signed or private CA)"
         lines.append(f"  signed by: {self.signer or 'unknown'}, issuer {self.issuer or 'unknown'} ({trust})")
-        lines.append(f"  signed at: {self.signed_at or 'unknown (no timestamp)'}")
+        source = "timestamp authority" if self.timestamped else "as stated by the signer; no timestamp authority"
+        lines.append(f"  signed at: {self.signed_at} ({source})" if self.signed_at else "  signed at: unknown")
         lines += [f"  action: {a}" for a in self.actions]
         return "\n".join(lines)
 
@@ -236,6 +239,7 @@ def _verdict(path: Path, report: dict[str, Any], state: str, trusted: bool) -> V
         signer=signature.get("common_name"),
         issuer=signature.get("issuer"),
         signed_at=signature.get("time") or next((a.get("when") for a in actions if a.get("when")), None),
+        timestamped=bool(signature.get("time")),
         generator=" ".join(str(generator[k]) for k in ("name", "version") if k in generator) or None,
         actions=tuple(_describe(a) for a in actions),
         problems=problems,
