@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from livefuse import __version__
 from livefuse.errors import OutputError
 
 log = logging.getLogger(__name__)
@@ -89,7 +88,7 @@ class OutputFacts:
 
     def manifest(self, title: str, when: dt.datetime) -> dict[str, Any]:
         """The C2PA manifest definition for a file called ``title`` made at ``when``."""
-        agent = {"name": TOOL, "version": __version__}
+        agent = {"name": TOOL, "version": tool_version()}
         parameters = {"swapper": self.swapper, **({"enhancer": self.enhancer} if self.enhancer else {}), **self.options}
         return {
             "claim_generator_info": [agent],
@@ -112,6 +111,16 @@ class OutputFacts:
                 }
             ],
         }
+
+
+def tool_version() -> str:
+    """livefuse's installed version, as the manifest names it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(TOOL)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def signable(path: Path) -> bool:
