@@ -144,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--engines", type=Path, default=None, metavar="DIR", help="TensorRT engines (HOME/engines)")
     doctor.add_argument("--no-probe", dest="probe", action="store_false", help="skip the pinned-memory bandwidth probe")
 
-    verify = commands.add_parser("verify", help="check a file's content credentials (0 valid, 1 none, 2 invalid)")
+    verify = commands.add_parser(
+        "verify", help="check a file's content credentials (exit 0 valid, 1 none, 2 invalid, 3 cannot check)"
+    )
     verify.add_argument("file", type=Path, metavar="FILE", help="an image or video livefuse wrote")
 
     audit = commands.add_parser("audit", help="show or check the audit log of runs and sessions")
