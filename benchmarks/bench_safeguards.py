@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -57,30 +58,33 @@ def picture(width: int, height: int, seed: int = 0, noise: int = 20) -> np.ndarr
     return np.clip(base + rng.integers(-noise, noise + 1, base.shape), 0, 255).astype(np.uint8)
 
 
+def label_figures(width: int, height: int, repeat: int) -> dict[str, float]:
+    """One frame size: the label's patch copy beside drawing it each frame and a frame copy."""
+    image, spare = picture(width, height), picture(width, height, 1)
+    frame = Frame(index=0, pts=0, time_base=Fraction(1, 30), capture_ns=0, image=image)
+    sink = LabelSink()
+    sink.open(SourceInfo(width, height, 30.0, live=True, time_base=Fraction(1, 90000)))
+    patch = render_label(DEFAULT_LABEL, height)
+    scale = cv2.getFontScaleFromHeight(cv2.FONT_HERSHEY_SIMPLEX, max(11, round(height * 0.03)), 1)
+    box = ((8, height - 8 - patch.shape[0]), (8 + patch.shape[1], height - 8))
+
+    def draw_each_frame() -> None:  # what a naive overlay does: render text on every frame
+        cv2.rectangle(image, *box, (24, 24, 24), -1)
+        cv2.putText(image, DEFAULT_LABEL, (16, height - 16), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 2,
+                    cv2.LINE_AA)
+
+    return {
+        "label_patch_ms": median_ms(lambda: sink.send(frame), repeat),
+        "draw_each_frame_ms": median_ms(draw_each_frame, repeat),
+        "full_frame_copy_ms": median_ms(lambda: np.copyto(spare, image), repeat),
+        "render_once_ms": median_ms(lambda: render_label(DEFAULT_LABEL, height), 50),
+        "patch_px": int(patch.shape[0] * patch.shape[1]),
+        "frame_share": patch.shape[0] * patch.shape[1] / (width * height),
+    }
+
+
 def bench_label(repeat: int) -> dict[str, dict[str, float]]:
-    results = {}
-    for name, (w, h) in SIZES.items():
-        image, spare = picture(w, h), picture(w, h, 1)
-        frame = Frame(index=0, pts=0, time_base=Fraction(1, 30), capture_ns=0, image=image)
-        sink = LabelSink()
-        sink.open(SourceInfo(w, h, 30.0, live=True, time_base=Fraction(1, 90000)))
-        patch = render_label(DEFAULT_LABEL, h)
-        scale = cv2.getFontScaleFromHeight(cv2.FONT_HERSHEY_SIMPLEX, max(11, round(h * 0.03)), 1)
-
-        def draw_each_frame() -> None:  # what a naive overlay does: render text on every frame
-            cv2.rectangle(image, (8, h - 8 - patch.shape[0]), (8 + patch.shape[1], h - 8), (24, 24, 24), -1)
-            cv2.putText(image, DEFAULT_LABEL, (16, h - 16), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 2,
-                        cv2.LINE_AA)
-
-        results[name] = {
-            "label_patch_ms": median_ms(lambda: sink.send(frame), repeat),
-            "draw_each_frame_ms": median_ms(draw_each_frame, repeat),
-            "full_frame_copy_ms": median_ms(lambda: np.copyto(spare, image), repeat),
-            "render_once_ms": median_ms(lambda: render_label(DEFAULT_LABEL, h), 50),
-            "patch_px": int(patch.shape[0] * patch.shape[1]),
-            "frame_share": patch.shape[0] * patch.shape[1] / (w * h),
-        }
-    return results
+    return {name: label_figures(w, h, repeat) for name, (w, h) in SIZES.items()}
 
 
 def write_mp4(path: Path, frames: int, size: tuple[int, int]) -> None:
@@ -104,7 +108,7 @@ def bench_signing(directory: Path, repeat: int) -> dict[str, dict[str, float]]:
     results = {}
     for name, make in makers.items():
         path = directory / ("f.jpg" if "JPEG" in name else "f.png" if "PNG" in name else "f.mp4")
-        write_ms = median_ms(lambda: make(path), 1 if "MP4" in name else repeat, warmup=1)
+        write_ms = median_ms(partial(make, path), 1 if "MP4" in name else repeat, warmup=1)
         sign_times, verify_times = [], []
         for _ in range(3 if "MP4" in name else repeat):  # MP4s take seconds to encode
             make(path)

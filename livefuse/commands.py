@@ -293,7 +293,8 @@ def audit(args: argparse.Namespace, settings: Settings) -> int:
     log_file = audit_log(settings)
     if args.verify:
         report = log_file.verify()
-        print(f"{log_file.path}: {report.rows} records, chain {'intact' if report.ok else 'BROKEN'}, head {report.head}")
+        state = "intact" if report.ok else "BROKEN"
+        print(f"{log_file.path}: {report.rows} records, chain {state}, head {report.head}")
         for problem in report.problems:
             print(f"  {problem}")
         return 0 if report.ok else 2

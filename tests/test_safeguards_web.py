@@ -32,8 +32,8 @@ from tests.test_web import (  # noqa: E402, F401 - fixtures are found by name
 )
 
 
-def test_forced_label_reaches_the_page_and_the_session_is_audited(
-    loopback_ice: None, engine: Engine, settings: Settings, clip: list[Image], tmp_path: Path
+def test_forced_label_reaches_the_page_and_the_session_is_audited(  # noqa: F811 - test_web's fixtures
+    loopback_ice: None, engine: Engine, settings: Settings, clip: list[Image], tmp_path: Path  # noqa: F811
 ) -> None:
     labelled = replace(settings, label=DEFAULT_LABEL, state_dir=str(tmp_path))  # what --force-label sets
     token = "t0ken-for-the-test"
@@ -61,5 +61,6 @@ def test_forced_label_reaches_the_page_and_the_session_is_audited(
     assert entry["kind"] == "session" and entry["who"] == "client 127.0.0.1" and entry["outcome"] == "opened"
     assert entry["token_id"] == hashlib.sha256(token.encode()).hexdigest()[:12]
     assert token not in str(entry)
-    assert entry["source_sha256"] == sha256_file(Path(settings.home or "") / "samples" / "biden.jpg")  # the default face
+    default_face = Path(settings.home or "") / "samples" / "biden.jpg"
+    assert entry["source_sha256"] == sha256_file(default_face)
     assert audit_log(labelled).verify().ok

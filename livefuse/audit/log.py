@@ -149,7 +149,9 @@ class AuditLog:
                 problems.append(f"row {seq} was changed after it was written (its hash does not match)")
             if expected is None:
                 if not (seq == 1 and previous == GENESIS) and anchors.get(seq - 1) != previous:
-                    problems.append(f"the log starts at row {seq}: earlier rows were deleted without a retention record")
+                    problems.append(
+                        f"the log starts at row {seq}: earlier rows were deleted without a retention record"
+                    )
             elif previous != expected:
                 problems.append(f"row {seq} does not follow the row before it: a row before it was deleted or changed")
             expected = digest

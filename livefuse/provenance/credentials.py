@@ -233,8 +233,12 @@ def _verdict(path: Path, report: dict[str, Any], state: str, trusted: bool) -> V
     manifest = report.get("manifests", {}).get(report.get("active_manifest"), {})
     generator = next(iter(manifest.get("claim_generator_info") or []), {})
     signature = manifest.get("signature_info") or {}
-    actions = [a for assertion in manifest.get("assertions", []) if assertion.get("label", "").startswith("c2pa.actions")
-               for a in assertion.get("data", {}).get("actions", [])]
+    actions = [
+        a
+        for assertion in manifest.get("assertions", [])
+        if assertion.get("label", "").startswith("c2pa.actions")
+        for a in assertion.get("data", {}).get("actions", [])
+    ]
     statuses = report.get("validation_status") or []
     problems = tuple(
         f"{s.get('code')}: {s.get('explanation', '')}" for s in statuses

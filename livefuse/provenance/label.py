@@ -15,6 +15,7 @@ import numpy as np
 from livefuse.frame import Frame
 from livefuse.pipeline.stages import SourceInfo
 from livefuse.provenance import DEFAULT_LABEL
+
 #: Text height as a share of the frame height, and the smallest that stays legible.
 TEXT_SHARE = 0.03
 MIN_TEXT_PX = 11

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from livefuse.config import Settings
 from livefuse.errors import ConfigError
+from livefuse.provenance import DEFAULT_LABEL
 from livefuse.provenance.credentials import (
     INSTALL_HINT,
     OutputFacts,
@@ -17,7 +18,6 @@ from livefuse.provenance.credentials import (
     sign_output,
     signable,
 )
-from livefuse.provenance import DEFAULT_LABEL
 from livefuse.provenance.label import LabelSink
 from livefuse.state import state_dir
 
