@@ -130,7 +130,8 @@ class AuditLog:
 
     def rows(self, since: dt.datetime | None = None) -> list[AuditRow]:
         """The stored rows, oldest first; with ``since``, those at or after it."""
-        query, args = "SELECT seq, time, record, previous, hash FROM audit", ()
+        query = "SELECT seq, time, record, previous, hash FROM audit"
+        args: tuple[str, ...] = ()
         if since is not None:
             query, args = query + " WHERE time >= ?", (_utc(since).isoformat(timespec="microseconds"),)
         with self._connect() as db:

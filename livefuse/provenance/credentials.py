@@ -231,7 +231,7 @@ def verify_file(path: str | os.PathLike[str]) -> Verdict:
 
 def _verdict(path: Path, report: dict[str, Any], state: str, trusted: bool) -> Verdict:
     manifest = report.get("manifests", {}).get(report.get("active_manifest"), {})
-    generator = next(iter(manifest.get("claim_generator_info") or []), {})
+    generator: dict[str, Any] = next(iter(manifest.get("claim_generator_info") or []), {})
     signature = manifest.get("signature_info") or {}
     actions = [
         a
