@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -248,3 +249,12 @@ def test_cam_records_the_label_on_its_output(cli_home, tmp_path):
     assert np.abs(above - _picture()[: above.shape[0]]).mean() < 12
     cv2.imwrite(str(tmp_path / "labelled.png"), frame)
     assert verify_file(out).state == "valid"
+
+
+def test_without_the_extra_run_says_how_to_turn_credentials_on(cli_home, tmp_path, monkeypatch, caplog):
+    out = tmp_path / "plain.mp4"
+    with monkeypatch.context() as patched:
+        patched.setitem(sys.modules, "c2pa", None)  # as if the provenance extra were not installed
+        assert _run(cli_home, out) == 0
+    assert 'pip install "livefuse[provenance]"' in caplog.text
+    assert verify_file(out).state == "none"
