@@ -142,3 +142,17 @@ def test_run_is_recorded_with_hashes_and_livefuse_audit_shows_it(cli_home, tmp_p
     _tamper(private_state_dir / "audit.sqlite3", "DELETE FROM audit WHERE seq = 1")
     assert main(["audit", "--verify"]) == 2
     assert "BROKEN" in capsys.readouterr().out
+
+
+def test_the_retention_setting_expires_old_records_on_the_next_append(tmp_path):
+    from livefuse.audit import audit_log, record
+    from livefuse.config import Settings
+
+    settings = Settings(state_dir=str(tmp_path), audit_retention_days=30)
+    old = dt.datetime.now(dt.timezone.utc) - 40 * DAY
+    audit_log(settings).append({"kind": "run", "who": "long ago"}, now=old)
+    record(settings, {"kind": "run", "who": "today"})
+    rows = audit_log(settings).rows()
+    assert [r.record["who"] for r in rows if r.record["kind"] == "run"] == ["today"]
+    assert any(r.record["kind"] == "retention" for r in rows)
+    assert audit_log(settings).verify().ok
