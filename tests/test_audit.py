@@ -146,9 +146,9 @@ def test_run_is_recorded_with_hashes_and_livefuse_audit_shows_it(cli_home, tmp_p
 
 def test_the_retention_setting_expires_old_records_on_the_next_append(tmp_path):
     from livefuse.audit import audit_log, record
-    from livefuse.config import Settings
+    from livefuse.config import load_settings
 
-    settings = Settings(state_dir=str(tmp_path), audit_retention_days=30)
+    settings = load_settings({"state_dir": str(tmp_path), "audit_retention_days": 30}, env={})
     old = dt.datetime.now(dt.timezone.utc) - 40 * DAY
     audit_log(settings).append({"kind": "run", "who": "long ago"}, now=old)
     record(settings, {"kind": "run", "who": "today"})

@@ -4,7 +4,6 @@ session in the audit log (client address and token id)."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ pytest.importorskip("aiortc", reason="the webrtc extra is not installed")
 
 from livefuse.app import Engine  # noqa: E402
 from livefuse.audit import audit_log  # noqa: E402
-from livefuse.config import Settings  # noqa: E402
+from livefuse.config import Settings, with_options  # noqa: E402
 from livefuse.models.files import sha256_file  # noqa: E402
 from livefuse.provenance import DEFAULT_LABEL  # noqa: E402
 from livefuse.provenance.label import render_label  # noqa: E402
@@ -35,7 +34,7 @@ from tests.test_web import (  # noqa: E402, F401 - fixtures are found by name
 def test_forced_label_reaches_the_page_and_the_session_is_audited(  # noqa: F811 - test_web's fixtures
     loopback_ice: None, engine: Engine, settings: Settings, clip: list[Image], tmp_path: Path  # noqa: F811
 ) -> None:
-    labelled = replace(settings, label=DEFAULT_LABEL, state_dir=str(tmp_path))  # what --force-label sets
+    labelled = with_options(settings, {"label": DEFAULT_LABEL, "state_dir": str(tmp_path)})  # as --force-label
     token = "t0ken-for-the-test"
 
     async def scenario() -> np.ndarray:
@@ -61,6 +60,6 @@ def test_forced_label_reaches_the_page_and_the_session_is_audited(  # noqa: F811
     assert entry["kind"] == "session" and entry["who"] == "client 127.0.0.1" and entry["outcome"] == "opened"
     assert entry["token_id"] == hashlib.sha256(token.encode()).hexdigest()[:12]
     assert token not in str(entry)
-    default_face = Path(settings.home or "") / "samples" / "biden.jpg"
+    default_face = Path(settings.runtime.home or "") / "samples" / "biden.jpg"
     assert entry["source_sha256"] == sha256_file(default_face)
     assert audit_log(labelled).verify().ok
