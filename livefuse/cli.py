@@ -23,6 +23,7 @@ from livefuse.config import (
     number,
 )
 from livefuse.errors import ConfigError, LivefuseError
+from livefuse.provenance import DEFAULT_LABEL
 
 log = logging.getLogger("livefuse")
 
@@ -62,8 +63,20 @@ _SWAP_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
-def _add_swap_options(parser: argparse.ArgumentParser) -> None:
-    for flag, key, kwargs in _SWAP_OPTIONS:
+#: Content credentials on output files (run, demo, cam --record).
+_CREDENTIAL_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--no-credentials", "credentials", {"action": "store_const", "const": False,
+                                         "help": "write files without C2PA content credentials"}),
+    ("--sign-cert", "sign_cert", {"metavar": "CERT.pem", "help": "certificate chain to sign outputs with "
+                                                                 "(default: a self-signed one in the home)"}),
+    ("--sign-key", "sign_key", {"metavar": "KEY.pem", "help": "the private key of --sign-cert"}),
+]
+_LABEL_OPTION = ("--label", "label", {"nargs": "?", "const": DEFAULT_LABEL, "metavar": "TEXT",
+                                      "help": f"draw a visible label on the output ('{DEFAULT_LABEL}')"})
+
+
+def _add_swap_options(parser: argparse.ArgumentParser, *extra: tuple[str, str, dict[str, Any]]) -> None:
+    for flag, key, kwargs in [*_SWAP_OPTIONS, *extra]:
         parser.add_argument(flag, dest=key, default=None, **kwargs)
 
 
@@ -74,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     cam = commands.add_parser("cam", help="swap faces live from a camera or stream")
-    _add_swap_options(cam)
+    _add_swap_options(cam, *_CREDENTIAL_OPTIONS, _LABEL_OPTION)
     cam.add_argument("--camera", default=None, help="camera index, device path or rtsp/http URL (0)")
     cam.add_argument("--size", default=None, metavar="WxH", help="requested capture size, e.g. 1280x720")
     cam.add_argument("--fps", default=None, help="requested capture rate")
@@ -87,12 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop after this many seconds")
 
     run = commands.add_parser("run", help="swap faces in a video or image file")
-    _add_swap_options(run)
+    _add_swap_options(run, *_CREDENTIAL_OPTIONS)
     run.add_argument("--input", required=True, help="video file, image or rtsp/http URL")
     run.add_argument("--output", required=True, type=Path, help="output video file (.mp4)")
 
     demo = commands.add_parser("demo", help="pull what is needed and run on the sample clip")
-    _add_swap_options(demo)
+    _add_swap_options(demo, *_CREDENTIAL_OPTIONS)
     demo.add_argument("--output", type=Path, default=Path("livefuse-demo"), help="output directory")
 
     models = commands.add_parser("models", help="install and list models")
@@ -115,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     spull.add_argument("--home", default=None)
 
     serve = commands.add_parser("serve", help="web demo page, WHIP ingest and OBS viewers (WebRTC)")
-    _add_swap_options(serve)
+    _add_swap_options(serve, _LABEL_OPTION)
+    serve.add_argument("--force-label", dest="force_label", action="store_true",
+                       help=f"label every session's output (--label's text, else '{DEFAULT_LABEL}')")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1); others need a token")
     serve.add_argument("--port", type=_ranged(integer(0, 65535)), default=8080,
                        help="TCP port (8080; 0 picks a free one)")
@@ -130,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--home", default=None, help="models and samples directory")
     doctor.add_argument("--engines", type=Path, default=None, metavar="DIR", help="TensorRT engines (HOME/engines)")
     doctor.add_argument("--no-probe", dest="probe", action="store_false", help="skip the pinned-memory bandwidth probe")
+
+    verify = commands.add_parser(
+        "verify", help="check a file's content credentials (exit 0 valid, 1 none, 2 invalid, 3 cannot check)"
+    )
+    verify.add_argument("file", type=Path, metavar="FILE", help="an image or video livefuse wrote")
+
+    audit = commands.add_parser("audit", help="show or check the audit log of runs and sessions")
+    audit.add_argument("--since", metavar="DATE", help="only records from DATE on (2026-12-01 or 2026-12-01T08:30)")
+    audit.add_argument("--json", action="store_true", help="print the records as JSON")
+    audit.add_argument("--verify", action="store_true", help="check the hash chain (exit 2 when broken)")
+    audit.add_argument("--home", default=None, help="models and samples directory (where the log lives)")
     return parser
 
 
@@ -171,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "samples": commands.samples,
         "serve": commands.serve,
         "doctor": commands.doctor,
+        "verify": commands.verify,
+        "audit": commands.audit,
     }
     try:
         settings = _settings(args)

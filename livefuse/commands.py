@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 
 from livefuse.app import Engine, home_of
-from livefuse.config import Settings
+from livefuse.audit import audited
+from livefuse.config import Settings, with_options
 from livefuse.container.process import writable_dir
 from livefuse.errors import ConfigError
 from livefuse.frame import Frame
@@ -27,6 +28,8 @@ from livefuse.models.store import ModelStore
 from livefuse.pipeline.metrics import RunStats
 from livefuse.pipeline.pipeline import Pipeline
 from livefuse.pipeline.stages import Sink
+from livefuse.provenance import DEFAULT_LABEL
+from livefuse.provenance.options import file_sealer, label_sink
 from livefuse.samples import SampleStore, make_demo_clip
 
 log = logging.getLogger("livefuse")
@@ -48,11 +51,14 @@ def _report(stats: RunStats) -> None:
 def cam(args: argparse.Namespace, settings: Settings) -> int:
     """Live: camera or stream → swap → virtual camera / preview / recording."""
     photo = _source_photo(settings)
-    with Engine(settings) as engine:
+    label = label_sink(settings)
+    seal = file_sealer(settings) if args.record else None
+    audit = audited(settings, "cam", photo=photo, target=settings.capture.camera, output=args.record)
+    with audit, Engine(settings) as engine:
         swapper = engine.swapper(photo)
         capture, output = settings.capture, settings.output
         source = open_source(capture.camera, capture.size, capture.fps)
-        sinks: list[Sink] = []
+        sinks: list[Sink] = [label] if label else []
         stop = threading.Event()
         if output.vcam:
             from livefuse.io.vcam import VirtualCameraSink
@@ -61,8 +67,8 @@ def cam(args: argparse.Namespace, settings: Settings) -> int:
         if output.preview:
             sinks.append(PreviewSink(on_quit=stop.set))
         if args.record:
-            sinks.append(VideoFileSink(args.record))
-        if not sinks:
+            sinks.append(VideoFileSink(args.record, seal=seal))
+        if len(sinks) == (1 if label else 0):
             raise ConfigError("nothing to output to: add --vcam, --preview and/or --record OUT.mp4")
         pipeline = Pipeline(source, engine.tracker(live=True), swapper, sinks, queue_size=capture.queue_size)
         stats = _run_until(pipeline, stop, args.seconds)
@@ -89,20 +95,28 @@ def _run_until(pipeline: Pipeline, stop: threading.Event, seconds: float | None)
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """File → swap → file, with a progress line; exit 1 if anything fails."""
     photo = _source_photo(settings)
-    stats = process_file(settings, photo, args.input, args.output)
+    seal = file_sealer(settings)
+    with audited(settings, "run", photo=photo, target=args.input, output=args.output):
+        stats = process_file(settings, photo, args.input, args.output, seal=seal)
     _report(stats)
     return 0
 
 
 def process_file(
-    settings: Settings, photo: Path, input_spec: str, output: Path, on_frame: Callable[[Frame], None] | None = None
+    settings: Settings,
+    photo: Path,
+    input_spec: str,
+    output: Path,
+    on_frame: Callable[[Frame], None] | None = None,
+    seal: Callable[[Path, Path], None] | None = None,
 ) -> RunStats:
-    """Swap ``photo``'s face into every frame of ``input_spec`` and write ``output``."""
+    """Swap ``photo``'s face into every frame of ``input_spec`` and write ``output``
+    (signed by ``seal``, see ``provenance.options.file_sealer``)."""
     with Engine(settings) as engine:
         swapper = engine.swapper(photo)
         progress = _Progress(on_frame)
         pipeline = Pipeline(
-            open_source(input_spec), engine.tracker(), swapper, [VideoFileSink(output)], on_frame=progress
+            open_source(input_spec), engine.tracker(), swapper, [VideoFileSink(output, seal=seal)], on_frame=progress
         )
         progress.pipeline = pipeline
         stats = pipeline.run()
@@ -173,15 +187,19 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
         if frame.index == still_at:
             keep["out"] = frame.image.copy()
 
-    stats = process_file(settings, photo, str(clip), video, on_frame=grab)
+    seal = file_sealer(settings)
+    with audited(settings, "demo", photo=photo, target=str(clip), output=video):
+        stats = process_file(settings, photo, str(clip), video, on_frame=grab, seal=seal)
     still = out_dir / "demo-side-by-side.jpg"
-    _write_side_by_side(clip, still_at, keep.get("out"), still)
+    _write_side_by_side(clip, still_at, keep.get("out"), still, seal)
     print(f"wrote {video} and {still}")
     _report(stats)
     return 0
 
 
-def _write_side_by_side(clip: Path, index: int, swapped: np.ndarray | None, path: Path) -> None:
+def _write_side_by_side(
+    clip: Path, index: int, swapped: np.ndarray | None, path: Path, seal: Callable[[Path, Path], None] | None
+) -> None:
     cap = cv2.VideoCapture(str(clip))
     cap.set(cv2.CAP_PROP_POS_FRAMES, index)
     ok, original = cap.read()
@@ -191,7 +209,11 @@ def _write_side_by_side(clip: Path, index: int, swapped: np.ndarray | None, path
         return
     tmp = path.with_name(path.name + ".tmp.jpg")
     cv2.imwrite(str(tmp), np.hstack([original, swapped]))
-    tmp.replace(path)
+    try:
+        if seal is not None:
+            seal(tmp, path)
+    finally:
+        tmp.replace(path)
 
 
 def models(args: argparse.Namespace, settings: Settings) -> int:
@@ -230,6 +252,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(
             f'livefuse serve needs aiortc and aiohttp ({exc.name} is missing): pip install "livefuse[webrtc]"'
         ) from exc
+    if args.force_label:  # every session's output carries the label
+        settings = with_options(settings, {"label": settings.safeguards.label or DEFAULT_LABEL})
     config = web.ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions)
     return web.serve(config, settings)
 
@@ -244,3 +268,36 @@ def doctor(args: argparse.Namespace, settings: Settings) -> int:
     problems = checkup.diagnose(facts) + container.diagnose(box, facts)
     print(checkup.render(facts, problems, container.report_lines(box)), end="")
     return 1 if any(p.blocks for p in problems) else 0
+
+
+def verify(args: argparse.Namespace, settings: Settings) -> int:
+    """Say what a file's content credentials show: 0 valid (livefuse's), 1 none, 2 invalid, 3 cannot check."""
+    from livefuse.provenance.credentials import CredentialsError, verify_file
+
+    try:
+        verdict = verify_file(args.file)
+    except CredentialsError as exc:
+        log.error("%s", exc)
+        return 3
+    print(verdict.render())
+    if verdict.state == "invalid":
+        return 2
+    return 0 if verdict.state == "valid" and verdict.by_livefuse else 1
+
+
+def audit(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the audit log (or check its chain: 0 intact, 2 edited or rows missing)."""
+    from livefuse.audit import audit_log
+    from livefuse.audit.render import parse_since, render_rows
+
+    log_file = audit_log(settings)
+    if args.verify:
+        report = log_file.verify()
+        state = "intact" if report.ok else "BROKEN"
+        print(f"{log_file.path}: {report.rows} records, chain {state}, head {report.head}")
+        for problem in report.problems:
+            print(f"  {problem}")
+        return 0 if report.ok else 2
+    rows = log_file.rows(since=parse_since(args.since) if args.since else None)
+    print(render_rows(rows, as_json=args.json))
+    return 0

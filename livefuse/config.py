@@ -144,6 +144,24 @@ class RuntimeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SafeguardSettings:
+    """Responsible use: content credentials on files, the live label, the audit log."""
+
+    credentials: bool = True
+    "Sign every output file with C2PA content credentials (needs the provenance extra)."
+    sign_cert: Path | None = None
+    "PEM certificate chain to sign with (default: a self-signed one made once in the state directory)."
+    sign_key: Path | None = None
+    "The private key of ``sign_cert`` (PEM, unencrypted)."
+    label: str | None = None
+    "Text of a visible label drawn on live output (cam, serve), e.g. AI-generated; None: no label."
+    state_dir: Path | None = None
+    "Where livefuse keeps its own records, the audit log and its self-signed certificate (default: the home)."
+    audit_retention_days: int = 0
+    "Audit records older than this many days are removed (0: kept for ever)."
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Every option a run takes, parsed. Built once at start-up; stages get their part of it."""
 
@@ -152,6 +170,7 @@ class Settings:
     swap: SwapSettings = field(default_factory=SwapSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    safeguards: SafeguardSettings = field(default_factory=SafeguardSettings)
     log_level: LogLevel = "INFO"
 
 
@@ -397,6 +416,15 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({
         threads=integer(0, 256),
         vram_budget=memory,
         home=optional(directory),
+    ),
+    **_options(
+        "safeguards",
+        credentials=boolean,
+        sign_cert=optional(directory),
+        sign_key=optional(directory),
+        label=optional(text),
+        state_dir=optional(directory),
+        audit_retention_days=integer(0, 100_000),
     ),
     **_options("", log_level=choice(LogLevel)),
 })

@@ -75,3 +75,20 @@ def sample_store(livefuse_home: Path) -> SampleStore:
 def demo_clip(sample_store: SampleStore) -> DemoClip:
     """The demo clip (``home/samples/demo.mp4``) and its segments."""
     return make_demo_clip(sample_store)
+
+
+@pytest.fixture(autouse=True)
+def private_state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own state directory (audit log, self-signed certificate): the cache home is shared."""
+    state = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("LIVEFUSE_STATE_DIR", str(state))
+    return state
+
+
+@pytest.fixture
+def cli_home(livefuse_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The cache home as ``livefuse`` commands see it: LIVEFUSE_HOME set, no config file."""
+    monkeypatch.setenv("LIVEFUSE_HOME", str(livefuse_home))
+    monkeypatch.delenv("LIVEFUSE_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent")
+    return livefuse_home

@@ -23,11 +23,11 @@ LAYERS: dict[str, int] = {
     "frame": 1, "buffers": 1, "geometry": 1,
     # data: settings, model records and files
     "config": 2, "models": 2,
-    # running models
-    "runtime": 3,
+    # running models; where livefuse keeps its own records
+    "runtime": 3, "state": 3,
     # the stages and what feeds them
-    "face": 4, "pipeline": 4, "samples": 4, "engines": 4,
-    "swap": 5, "io": 5,
+    "face": 4, "pipeline": 4, "samples": 4, "engines": 4, "audit": 4,
+    "swap": 5, "io": 5, "provenance": 5,
     # test tooling: above the stages it stands in for, imported by no product module
     "testing": 6,
     # the composition root and what is built on it

@@ -79,8 +79,10 @@ def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def settings(livefuse_home: Path) -> Settings:
-    return load_settings({"home": str(livefuse_home)}, env={})
+def settings(livefuse_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    # The audit log goes to a state directory of the tests' own: the home is shared.
+    state = tmp_path_factory.mktemp("state")
+    return load_settings({"home": str(livefuse_home), "state_dir": str(state)}, env={})
 
 
 @pytest.fixture(scope="module")

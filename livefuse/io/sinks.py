@@ -52,6 +52,9 @@ class VideoFileSink:
     :param fps: output rate; default is the source's exact rate.
     :param codec: video encoder; ``fallback_codec`` is used when it is unavailable.
     :param options: encoder options; default ``DEFAULT_CODEC_OPTIONS[codec]``.
+    :param seal: called with the finished temporary file and ``path`` before the file is renamed into place
+        (content credentials are embedded there, so only a signed file ever appears). If it
+        raises, the file is still moved into place, unsealed, and the error goes on.
     """
 
     def __init__(
@@ -62,8 +65,10 @@ class VideoFileSink:
         fallback_codec: str = "mpeg4",
         options: Mapping[str, str] | None = None,
         copy_audio: bool = True,
+        seal: Callable[[Path, Path], None] | None = None,
     ) -> None:
         self.path = Path(path)
+        self.seal = seal
         self.fps = fps
         self.codec = codec
         self.fallback_codec = fallback_codec
@@ -148,8 +153,12 @@ class VideoFileSink:
             raise OutputError(f"finishing {self.path} failed: {exc} (is the disk full?)") from exc
         self._container = None
         assert self._tmp is not None
-        os.replace(self._tmp, self.path)
-        self._tmp = None
+        try:
+            if self.seal is not None:
+                self.seal(self._tmp, self.path)
+        finally:  # a recording is never thrown away, sealed or not
+            os.replace(self._tmp, self.path)
+            self._tmp = None
         log.info("wrote %s (%d frames)", self.path, self.frames_written)
 
     def abort(self) -> None:

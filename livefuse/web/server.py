@@ -39,6 +39,7 @@ from pathlib import Path
 from aiohttp import web
 
 from livefuse.app import Engine, home_of
+from livefuse.audit.records import record, session_record
 from livefuse.config import Settings
 from livefuse.errors import ConfigError
 from livefuse.models.store import ModelStore
@@ -255,9 +256,18 @@ class Api:
             size=size_hint(body),
         )
         session, answer = await self.manager.open("page", body.get("sdp"), options)
+        await self._audit(request, session.id, "page", options.face)
         return web.json_response(
             {"sdp": answer, "type": "answer", "session": session.id, "viewer": f"/view/{session.id}", **session.stats()}
         )
+
+    async def _audit(self, request: web.Request, session_id: str, kind: str, face: str | None) -> None:
+        """Append the new session to the audit log (in a thread: SQLite waits on other writers)."""
+        faces = self.manager.choices.faces
+        photo = faces.get(face) if face else next(iter(faces.values()), None)
+        entry = session_record(self.manager.settings, client=request.remote, token=self.config.token,
+                               photo=photo, session_id=session_id, kind=kind)
+        await asyncio.to_thread(record, self.manager.settings, entry)
 
     async def sessions(self, request: web.Request) -> web.Response:
         """The open sessions."""
@@ -305,6 +315,7 @@ class Api:
         """WHIP ingest: a client (OBS 30+) sends its stream; the answer is 201 + Location."""
         sdp = await read_sdp(request)
         session, answer = await self.manager.open("whip", sdp, StartOptions())
+        await self._audit(request, session.id, "whip", None)
         log.info("WHIP session %s: its processed stream is at /view/%s", session.id, session.id)
         return web.Response(
             status=201,

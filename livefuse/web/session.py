@@ -30,6 +30,7 @@ from livefuse.errors import LivefuseError, OutputError, StreamEnded
 from livefuse.pipeline.metrics import RunStats
 from livefuse.pipeline.pipeline import Pipeline
 from livefuse.pipeline.stages import Sink, Swapper
+from livefuse.provenance.options import label_sink
 from livefuse.web.controls import LiveAnalyzer, LiveSwapper, SwapControls, SwapState, with_choices
 from livefuse.web.errors import ApiError
 from livefuse.web.media import HubSink, Opened, TrackSource
@@ -267,7 +268,8 @@ class Session:
         runs without it).
         """
         self.sink = HubSink(self.hub, loop)
-        sinks: list[Sink] = [self.sink]
+        label = label_sink(self.services.settings)  # first, so WebRTC and the virtual camera get it
+        sinks: list[Sink] = [*([label] if label else []), self.sink]
         vcam_error = None
         if use_vcam:
             try:
