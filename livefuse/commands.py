@@ -228,8 +228,10 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(
             f'livefuse serve needs aiortc and aiohttp ({exc.name} is missing): pip install "livefuse[webrtc]"'
         ) from exc
+    from livefuse.jobs.commands import jobs_config
+
     config = web.ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions)
-    return web.serve(config, settings)
+    return web.serve(config, settings, jobs=jobs_config(args, settings))
 
 
 def doctor(args: argparse.Namespace, settings: Settings) -> int:

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -59,6 +60,9 @@ from livefuse.web.http import (
 from livefuse.web.options import Choices, SessionLimits, StartOptions
 from livefuse.web.session import SessionManager
 from livefuse.web.uploads import MAX_IMAGE_SIDE, MAX_UPLOAD_BYTES, ImageLimits, PrivateDir
+
+if TYPE_CHECKING:
+    from livefuse.jobs.service import JobsConfig
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +155,11 @@ UPLOADS = web.AppKey("uploads", PrivateDir)
 WATCHER = web.AppKey("watcher", asyncio.Task)
 
 
-def create_app(config: ServerConfig, settings: Settings, engine: Engine) -> web.Application:
-    """The aiohttp application. ``engine`` stays the caller's to close.
+def create_app(
+    config: ServerConfig, settings: Settings, engine: Engine, jobs: JobsConfig | None = None
+) -> web.Application:
+    """The aiohttp application. ``engine`` stays the caller's to close. With ``jobs``, the
+    job routes (``livefuse.jobs.api``) are served too.
 
     Raises ``ConfigError`` for a config that binds beyond loopback without a token.
     """
@@ -168,6 +175,10 @@ def create_app(config: ServerConfig, settings: Settings, engine: Engine) -> web.
     app[MANAGER] = manager
     app[UPLOADS] = uploads
     Api(config, manager).add_routes(app)
+    if jobs is not None:
+        from livefuse.jobs.setup import jobs_api  # the jobs package builds on this one's errors
+
+        jobs_api(jobs, settings, engine, live_sessions=lambda: len(manager)).add_routes(app)
     app.on_response_prepare.append(security_headers)
     app.on_startup.append(_start_watcher)
     app.on_cleanup.append(_shutdown)
@@ -332,16 +343,21 @@ class Api:
 # -- running -----------------------------------------------------------------------------------
 
 
-def serve(config: ServerConfig, settings: Settings, announce: Callable[[str], None] = print) -> int:
+def serve(
+    config: ServerConfig, settings: Settings, announce: Callable[[str], None] = print, jobs: JobsConfig | None = None
+) -> int:
     """Run the server until Ctrl-C or SIGTERM; returns 0. Prints the URLs (and token) first."""
     config = config.resolved()
     with Engine(settings) as engine:
-        asyncio.run(_serve(config, settings, engine, announce))
+        asyncio.run(_serve(config, settings, engine, announce, jobs))
     return 0
 
 
-async def _serve(config: ServerConfig, settings: Settings, engine: Engine, announce: Callable[[str], None]) -> None:
-    runner = web.AppRunner(create_app(config, settings, engine), access_log=None)  # URLs may hold the token
+async def _serve(
+    config: ServerConfig, settings: Settings, engine: Engine, announce: Callable[[str], None], jobs: JobsConfig | None
+) -> None:
+    app = create_app(config, settings, engine, jobs)
+    runner = web.AppRunner(app, access_log=None)  # URLs may hold the token
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.host, config.port)
