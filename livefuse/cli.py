@@ -153,6 +153,13 @@ def _add_job_commands(commands: Any, serve: argparse.ArgumentParser) -> None:
     fetch.add_argument("id", metavar="ID")
     fetch.add_argument("--output", "-o", type=Path, required=True)
 
+    worker = commands.add_parser("worker", help="run jobs from a Redis queue (models kept warm)")
+    _add_swap_options(worker)
+    worker.add_argument("--queue", required=True, metavar="redis://HOST:6379/0", help="the server's Redis")
+    worker.add_argument("--storage", type=Path, required=True, metavar="DIR", help="the job files the server shares")
+    worker.add_argument("--gpu", type=int, default=None, metavar="N", help="the GPU this worker uses (one per GPU)")
+    worker.add_argument("--burst", action="store_true", help="quit when the queue is empty")
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     known = set(Settings.__dataclass_fields__)
@@ -182,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": commands.serve,
         "doctor": commands.doctor,
         "jobs": job_commands.jobs,
+        "worker": job_commands.worker,
     }
     try:
         settings = _settings(args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -116,3 +117,27 @@ def jobs_config(args: argparse.Namespace, settings: Settings) -> Any:
         limits=limits,
         retention_s=args.job_retention * 3600.0,
     )
+
+
+def _need_redis() -> None:
+    try:
+        import redis  # noqa: F401
+        import rq  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f'Redis mode needs redis and rq ({exc.name} is missing): pip install "livefuse[jobs]"') from None
+
+
+def worker(args: argparse.Namespace, settings: Settings) -> int:
+    """``livefuse worker``: run jobs from the Redis queue with the models kept warm."""
+    _need_redis()
+    from livefuse.jobs.files import JobFiles
+    from livefuse.jobs.rqueue import run_worker
+
+    if args.gpu is not None:
+        if args.gpu < 0:
+            raise ConfigError(f"--gpu {args.gpu} is not a GPU index (0, 1, …)")
+        # Before any CUDA library loads: this process sees only its GPU, as device 0.
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
+    if not args.storage.is_dir():
+        raise ConfigError(f"--storage {args.storage} is not a directory; mount the share the server uses")
+    return run_worker(args.queue, JobFiles(args.storage), settings, burst=args.burst)

@@ -151,13 +151,13 @@ class JobStore:
                 raise
         return self.get(row[0]) if row else None
 
-    def mark_running(self, job_id: str) -> None:
-        """A job another process took (Redis mode): running, one more attempt."""
+    def mark_running(self, job_id: str, attempt: int) -> None:
+        """A job another process took (Redis mode): running, as its ``attempt``-th try."""
         with self._locked() as db:
             db.execute(
-                "UPDATE jobs SET state = 'running', started = ?, attempts = attempts + 1 "
-                "WHERE id = ? AND state = 'queued'",
-                (time.time(), job_id),
+                "UPDATE jobs SET state = 'running', started = COALESCE(started, ?), attempts = ? "
+                "WHERE id = ? AND state IN ('queued', 'running')",
+                (time.time(), attempt, job_id),
             )
 
     def requeue(self, job_id: str) -> None:

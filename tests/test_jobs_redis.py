@@ -1,0 +1,116 @@
+"""Redis mode with a real ``redis-server`` (on a unix socket in a temp dir) and two
+``livefuse worker`` processes: jobs spread over both, and a worker killed mid-job."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jobs_helpers import Proc, make_clip, read_video, serving, wait_state
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("rq")
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A private redis-server for one test. In CI a missing server fails the test: .ci/run installs it."""
+    server = shutil.which("redis-server")
+    if server is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing: apt-get install redis-server (.ci/run does this)")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    sock = tmp_path / "redis.sock"
+    proc = subprocess.Popen(
+        [server, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not sock.exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "redis-server did not start"
+        time.sleep(0.05)
+    yield f"unix://{sock}"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory, livefuse_home: Path) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("clips")
+    demo = livefuse_home / "samples" / "demo.mp4"
+    return {"short": make_clip(demo, d / "short.mp4", 20), "long": make_clip(demo, d / "long.mp4", 240)}
+
+
+def start_workers(home: Path, tmp: Path, url: str, storage: Path, n: int) -> list[Proc]:
+    workers = [Proc(["worker", "--queue", url, "--storage", str(storage)], home, tmp / f"worker{i}.log")
+               for i in range(n)]
+    for w in workers:
+        w.wait_for(r"livefuse worker \S+: ready")
+    return workers
+
+
+def test_jobs_spread_over_two_workers_and_a_killed_workers_job_finishes_on_the_other(
+    livefuse_home: Path, tmp_path: Path, redis_url: str, clips: dict[str, Path]
+) -> None:
+    storage = tmp_path / "shared"
+    storage.mkdir()
+    face = livefuse_home / "samples" / "biden.jpg"
+    workers = start_workers(livefuse_home, tmp_path, redis_url, storage, 2)
+    try:
+        with serving(livefuse_home, tmp_path, "--queue", redis_url, "--storage", str(storage)) as (proc, client):
+            ids = [client.submit(face, clips["short"], {"keep_mouth": True})["id"] for _ in range(10)]
+            finals = [wait_state(client, i, {"succeeded", "failed", "cancelled"}, timeout=240) for i in ids]
+            assert [f["state"] for f in finals] == ["succeeded"] * 10, finals
+            ran = [{i for i in ids if i in w.text()} for w in workers]
+            assert ran[0] and ran[1] and ran[0] | ran[1] == set(ids), ran
+            for i in ids:
+                assert len(read_video(storage / i / "result.mp4")) == 20
+
+            # kill -9 the worker that runs a long job, mid-job: the other one finishes it.
+            long_id = client.submit(face, clips["long"], {})["id"]
+            wait_state(client, long_id, {"running"}, done_at_least=30, timeout=120)
+            victim = next(w for w in workers if long_id in w.text())
+            survivor = next(w for w in workers if w is not victim)
+            victim.stop(signal.SIGKILL)
+            final = wait_state(client, long_id, {"succeeded", "failed"}, timeout=240)
+            assert final["state"] == "succeeded" and final["attempts"] == 2, final
+            assert long_id in survivor.text()
+            out = client.fetch(long_id, tmp_path / "long-out.mp4")
+            assert len(read_video(out)) == 240
+            assert sorted(p.name for p in (storage / long_id).iterdir()) == ["result.mp4", "source.jpg", "target.mp4"]
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def test_cancel_reaches_a_running_job_on_a_worker(
+    livefuse_home: Path, tmp_path: Path, redis_url: str, clips: dict[str, Path]
+) -> None:
+    storage = tmp_path / "shared"
+    storage.mkdir()
+    face = livefuse_home / "samples" / "biden.jpg"
+    workers = start_workers(livefuse_home, tmp_path, redis_url, storage, 1)
+    try:
+        with serving(livefuse_home, tmp_path, "--queue", redis_url, "--storage", str(storage)) as (proc, client):
+            job_id = client.submit(face, clips["long"], {})["id"]
+            wait_state(client, job_id, {"running"}, done_at_least=10, timeout=120)
+            t0 = time.monotonic()
+            assert client.delete(job_id)["state"] == "cancelled"
+            job_dir = storage / job_id
+            while any(p.name not in ("source.jpg", "target.mp4") for p in job_dir.iterdir()):
+                assert time.monotonic() - t0 < 1.5, list(job_dir.iterdir())
+                time.sleep(0.02)
+            # The worker is free for the next job.
+            again = client.submit(face, clips["short"], {})["id"]
+            assert wait_state(client, again, {"succeeded", "failed"}, timeout=120)["state"] == "succeeded"
+            assert client.get(job_id)["state"] == "cancelled"
+    finally:
+        for w in workers:
+            w.stop()
