@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from jobs_helpers import Proc, make_clip, read_video, serving, wait_state
 
 pytestmark = pytest.mark.slow

@@ -124,7 +124,9 @@ def _need_redis() -> None:
         import redis  # noqa: F401
         import rq  # noqa: F401
     except ImportError as exc:
-        raise ConfigError(f'Redis mode needs redis and rq ({exc.name} is missing): pip install "livefuse[jobs]"') from None
+        raise ConfigError(
+            f'Redis mode needs redis and rq ({exc.name} is missing): pip install "livefuse[jobs]"'
+        ) from None
 
 
 def worker(args: argparse.Namespace, settings: Settings) -> int:
