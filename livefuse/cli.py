@@ -127,6 +127,8 @@ def _add_job_commands(commands: Any, serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--job-db", type=Path, default=None, metavar="FILE", help="job table (HOME/jobs/jobs.sqlite3)")
     serve.add_argument("--max-job-upload", default="2GB", metavar="SIZE", help="largest video per job (2GB)")
     serve.add_argument("--job-quota", default=None, metavar="SIZE", help="most space all jobs may take (none)")
+    serve.add_argument("--advertise", default=None, metavar="URL",
+                       help="with --queue: the address the gateway reaches this server at (http://HOST:PORT)")
     serve.add_argument("--job-retention", type=float, default=24.0, metavar="HOURS",
                        help="how long finished jobs are kept (24)")
 
@@ -160,6 +162,12 @@ def _add_job_commands(commands: Any, serve: argparse.ArgumentParser) -> None:
     worker.add_argument("--gpu", type=int, default=None, metavar="N", help="the GPU this worker uses (one per GPU)")
     worker.add_argument("--burst", action="store_true", help="quit when the queue is empty")
 
+    gateway = commands.add_parser("gateway", help="one address in front of several 'serve --queue' workers")
+    gateway.add_argument("--queue", required=True, metavar="redis://HOST:6379/0", help="the workers' Redis")
+    gateway.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    gateway.add_argument("--port", type=int, default=8000, help="TCP port (8000; 0 picks a free one)")
+    gateway.add_argument("--token", default=None, help="the access token (the workers' token)")
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     known = set(Settings.__dataclass_fields__)
@@ -190,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "doctor": commands.doctor,
         "jobs": job_commands.jobs,
         "worker": job_commands.worker,
+        "gateway": job_commands.gateway,
     }
     try:
         settings = _settings(args)

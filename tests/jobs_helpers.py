@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,11 @@ from livefuse.jobs.client import JobsClient
 
 REPO = Path(__file__).resolve().parents[1]
 _URL = re.compile(r"open (http://127\.0\.0\.1:\d+)/")
+_LOOPBACK_LAUNCH = (
+    "import sys, aioice.ice; "
+    "aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: ['127.0.0.1']; "
+    "from livefuse.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 def make_clip(demo: Path, out: Path, frames: int, size: tuple[int, int] = (480, 270)) -> Path:
@@ -56,11 +62,13 @@ def livefuse_env(home: Path) -> dict[str, str]:
 class Proc:
     """A ``livefuse`` subprocess with its output in a log file."""
 
-    def __init__(self, args: list[str], home: Path, log: Path) -> None:
+    def __init__(self, args: list[str], home: Path, log: Path, loopback_ice: bool = False) -> None:
         self.log = log
         self._fh = log.open("ab")
+        # aioice leaves 127.0.0.1 out of its candidates; a live-session test's worker must offer it.
+        launch = ["-c", _LOOPBACK_LAUNCH, *args] if loopback_ice else ["-m", "livefuse", *args]
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "livefuse", *args], env=livefuse_env(home), cwd=REPO,
+            [sys.executable, *launch], env=livefuse_env(home), cwd=REPO,
             stdout=self._fh, stderr=subprocess.STDOUT,
         )
 
@@ -91,12 +99,13 @@ class Proc:
 
 
 @contextmanager
-def serving(home: Path, tmp: Path, *extra: str, name: str = "serve") -> Iterator[tuple[Proc, JobsClient]]:
+def serving(home: Path, tmp: Path, *extra: str, name: str = "serve",
+            loopback_ice: bool = False) -> Iterator[tuple[Proc, JobsClient]]:
     """``livefuse serve`` on a free port with its job table and files under ``tmp``."""
-    args = ["serve", "--port", "0", "--job-db", str(tmp / "jobs.sqlite3"), *extra]
+    args = ["serve", "--port", "0", "--job-db", str(tmp / f"{name}.sqlite3"), *extra]
     if "--storage" not in extra:
         args += ["--storage", str(tmp / "files")]
-    proc = Proc(args, home, tmp / f"{name}.log")
+    proc = Proc(args, home, tmp / f"{name}.log", loopback_ice)
     try:
         url = proc.wait_for(_URL.pattern).group(1)
         yield proc, JobsClient(url)
@@ -120,3 +129,30 @@ def wait_state(client: JobsClient, job_id: str, states: set[str], timeout: float
 def face_changed(original: np.ndarray, swapped: np.ndarray) -> float:
     """Mean absolute difference over the frames: a swapped face moves it well above codec noise."""
     return float(np.mean(cv2.absdiff(original, swapped)))
+
+
+@contextmanager
+def redis_server(tmp: Path) -> Iterator[str]:
+    """A private redis-server on a unix socket in ``tmp``; yields its URL. In CI a missing
+    server fails the test (.ci/run installs it); elsewhere the test is skipped."""
+    import pytest
+
+    server = shutil.which("redis-server")
+    if server is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing: apt-get install redis-server (.ci/run does this)")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    sock = tmp / "redis.sock"
+    proc = subprocess.Popen(
+        [server, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "redis-server did not start"
+            time.sleep(0.05)
+        yield f"unix://{sock}"
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -3,16 +3,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from jobs_helpers import Proc, make_clip, read_video, serving, wait_state
+from jobs_helpers import Proc, make_clip, read_video, redis_server, serving, wait_state
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("rq")
@@ -20,24 +17,8 @@ pytest.importorskip("rq")
 
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
-    """A private redis-server for one test. In CI a missing server fails the test: .ci/run installs it."""
-    server = shutil.which("redis-server")
-    if server is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is missing: apt-get install redis-server (.ci/run does this)")
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    sock = tmp_path / "redis.sock"
-    proc = subprocess.Popen(
-        [server, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while not sock.exists():
-        assert time.monotonic() < deadline and proc.poll() is None, "redis-server did not start"
-        time.sleep(0.05)
-    yield f"unix://{sock}"
-    proc.terminate()
-    proc.wait(10)
+    with redis_server(tmp_path) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

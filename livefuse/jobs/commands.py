@@ -116,6 +116,7 @@ def jobs_config(args: argparse.Namespace, settings: Settings) -> Any:
         queue=args.queue,
         limits=limits,
         retention_s=args.job_retention * 3600.0,
+        advertise=args.advertise,
     )
 
 
@@ -143,3 +144,11 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
     if not args.storage.is_dir():
         raise ConfigError(f"--storage {args.storage} is not a directory; mount the share the server uses")
     return run_worker(args.queue, JobFiles(args.storage), settings, burst=args.burst)
+
+
+def gateway(args: argparse.Namespace, settings: Settings) -> int:
+    """``livefuse gateway``: one public address routing live sessions to registered workers."""
+    _need_redis()
+    from livefuse.cluster.gateway import GatewayConfig, run_gateway
+
+    return run_gateway(GatewayConfig(host=args.host, port=args.port, token=args.token, queue=args.queue))

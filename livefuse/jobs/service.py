@@ -60,6 +60,8 @@ class JobsConfig:
     "A redis:// URL: jobs go to ``livefuse worker`` processes instead of the embedded pool."
     limits: StorageLimits = field(default_factory=StorageLimits)
     retention_s: float = RETENTION_S
+    advertise: str | None = None
+    "With a queue: the URL 'livefuse gateway' reaches this server at (default: its own host:port)."
 
 
 @dataclass(frozen=True, slots=True)

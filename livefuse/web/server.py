@@ -375,10 +375,20 @@ async def _serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with suppress(NotImplementedError):  # Windows: Ctrl-C arrives as KeyboardInterrupt
             loop.add_signal_handler(sig, stop.set)
+    beat = None
+    if jobs is not None and jobs.queue:  # a worker behind 'livefuse gateway': register in Redis
+        from livefuse.cluster.registry import advertise
+
+        room = lambda: (config.max_sessions - len(app[MANAGER]), config.max_sessions)  # noqa: E731
+        beat = loop.create_task(advertise(jobs.queue, jobs.advertise or f"http://{config.host}:{port}", room))
     try:
         await stop.wait()
     finally:
         announce("livefuse serve: stopping")
+        if beat is not None:
+            beat.cancel()
+            with suppress(asyncio.CancelledError):
+                await beat
         await runner.cleanup()
 
 
