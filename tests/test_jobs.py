@@ -18,7 +18,7 @@ from jobs_helpers import REPO, livefuse_env, make_clip, read_video, serving, wai
 
 from livefuse.config import Settings
 from livefuse.errors import ConfigError
-from livefuse.jobs.client import JobApiError
+from livefuse.jobs.client import JobApiError, JobsClient
 from livefuse.jobs.files import JobFiles
 from livefuse.jobs.model import Job, JobState, Progress, new_job_id
 from livefuse.jobs.options import job_settings
@@ -275,3 +275,57 @@ def test_files_refuse_paths_that_are_not_job_ids(tmp_path: Path) -> None:
     for bad in ("../etc", "j123", "J0123456789abcdef", "j0123456789abcdeg"):
         with pytest.raises(ValueError):
             files.dir(bad)
+
+
+def test_runner_cancels_within_a_frame_and_yields_to_live_work(
+    livefuse_home: Path, tmp_path: Path, clips: dict[str, Path], face: Path
+) -> None:
+    import shutil
+
+    from livefuse.app import Engine
+    from livefuse.jobs.runner import JobCancelled, JobPaths, run_job
+
+    shutil.copy(face, tmp_path / "source.jpg")
+    shutil.copy(clips["short"], tmp_path / "target.mp4")
+    paths = JobPaths.in_dir(tmp_path, "source.jpg", "target.mp4")
+    reports: list[Progress] = []
+    with Engine(Settings(home=str(livefuse_home))) as engine:
+        with pytest.raises(JobCancelled):
+            run_job(engine, engine.settings, paths, reports.append, lambda: len(reports) > 0)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["source.jpg", "target.mp4"]
+        assert reports[0].done == 1 and reports[0].first_frame is not None
+        t0 = time.monotonic()
+        result = run_job(engine, engine.settings, paths, reports.append, lambda: False, pause=lambda: 0.05)
+        assert time.monotonic() - t0 >= 30 * 0.05  # each frame waited while "live sessions" ran
+    assert result == tmp_path / "result.mp4" and len(read_video(result)) == 30
+    assert reports[-1].done == reports[-1].total == 30
+
+
+def test_the_token_guards_the_job_routes(livefuse_home: Path, tmp_path: Path, face: Path,
+                                          clips: dict[str, Path]) -> None:
+    token = "job-token-123456"
+    with serving(livefuse_home, tmp_path, "--token", token) as (proc, client):
+        with pytest.raises(JobApiError, match="401"):
+            client.list()
+        authorised = JobsClient(client.server, token)
+        job = authorised.submit(face, clips["short"], {})
+        assert wait_state(authorised, job["id"], {"succeeded", "failed"})["state"] == "succeeded"
+        with pytest.raises(JobApiError, match="401"):
+            client.fetch(job["id"], tmp_path / "x.mp4")
+        assert not (tmp_path / "x.mp4").exists()
+
+
+def test_finished_jobs_expire_with_their_files(tmp_path: Path) -> None:
+    from livefuse.jobs.service import JobService
+
+    store, files = JobStore(tmp_path / "db.sqlite3"), JobFiles(tmp_path / "files")
+    jobs = [Job(new_job_id(), JobState.QUEUED, "s.jpg", "t.mp4") for _ in range(2)]
+    for job in jobs:
+        store.add(job)
+        files.dir(job.id).mkdir()
+        (files.dir(job.id) / "result.mp4").write_bytes(b"x")
+        store.finish(job.id, JobState.SUCCEEDED, result_name="result.mp4")
+    service = JobService(store, files, backend=None, engine=None, settings=Settings(), retention_s=3600)  # type: ignore[arg-type]
+    assert service.sweep(now=time.time() + 60) == []
+    assert sorted(service.sweep(now=time.time() + 3601)) == sorted(j.id for j in jobs)
+    assert store.get(jobs[0].id) is None and not files.dir(jobs[0].id).exists()

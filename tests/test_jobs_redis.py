@@ -70,7 +70,7 @@ def test_jobs_spread_over_two_workers_and_a_killed_workers_job_finishes_on_the_o
             w.stop()
 
 
-def test_cancel_reaches_a_running_job_on_a_worker(
+def test_cancel_reaches_a_running_job_on_a_worker_and_sigterm_drains(
     livefuse_home: Path, tmp_path: Path, redis_url: str, clips: dict[str, Path]
 ) -> None:
     storage = tmp_path / "shared"
@@ -91,6 +91,14 @@ def test_cancel_reaches_a_running_job_on_a_worker(
             again = client.submit(face, clips["short"], {})["id"]
             assert wait_state(client, again, {"succeeded", "failed"}, timeout=120)["state"] == "succeeded"
             assert client.get(job_id)["state"] == "cancelled"
+
+            # SIGTERM mid-job: the worker drains (finishes the job in hand), then exits cleanly.
+            last = client.submit(face, clips["long"], {})["id"]
+            wait_state(client, last, {"running"}, done_at_least=10, timeout=120)
+            workers[0].popen.send_signal(signal.SIGTERM)
+            final = wait_state(client, last, {"succeeded", "failed"}, timeout=120)
+            assert final["state"] == "succeeded" and final["attempts"] == 1 and final["progress"]["done"] == 240
+            assert workers[0].popen.wait(30) == 0
     finally:
         for w in workers:
             w.stop()

@@ -40,6 +40,8 @@ class Progress:
     done: int = 0
     total: int | None = None
     fps: float = 0.0
+    first_frame: float | None = None
+    "When the first output frame was written (a time.time()): queued → first frame is the overhead."
 
     @property
     def eta_s(self) -> float | None:
@@ -80,6 +82,7 @@ class Job:
             "progress": {"done": p.done, "total": p.total},
             "fps": round(p.fps, 2),
             "eta_s": None if p.eta_s is None else round(p.eta_s, 1),
+            "first_frame": p.first_frame,
             "error": self.error,
             "created": self.created,
             "started": self.started,

@@ -17,6 +17,7 @@ import contextvars
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,8 @@ HEARTBEAT_S = 1.0
 HEARTBEAT_TTL_S = 5
 "A running job whose worker stopped beating this long is abandoned (and retried)."
 MAINTENANCE_S = 2
+LOST_AFTER_S = 60.0
+"A job in the table but not on the queue this long after its submission was lost (Redis flushed)."
 _CANCEL_KEY = "livefuse:cancel:{}"
 _KEEP_S = 7 * 24 * 3600
 
@@ -109,7 +112,9 @@ class RedisBackend:
 
     def _sync_one(self, job: Job, rq_job: RqJob | None) -> None:
         if rq_job is None:
-            self.store.finish(job.id, JobState.FAILED, "the job was lost from the Redis queue; submit it again")
+            # A job is in the table a moment before it is on the queue: only an old one is lost.
+            if time.time() - job.created > LOST_AFTER_S:
+                self.store.finish(job.id, JobState.FAILED, "the job was lost from the Redis queue; submit it again")
             return
         status, meta = rq_job.get_status(refresh=False), rq_job.meta
         if status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
@@ -118,13 +123,13 @@ class RedisBackend:
         elif status is JobStatus.STARTED:
             self.store.mark_running(job.id, int(meta.get("attempt", 1)))
             if "done" in meta:
-                self.store.set_progress(job.id, Progress(meta["done"], meta.get("total"), meta.get("fps", 0.0)))
+                self.store.set_progress(job.id, _progress(meta))
         elif status is JobStatus.FINISHED:
             outcome = rq_job.return_value() or {}
             state = JobState(outcome.get("state", "failed"))
             if "done" in meta:
                 self.store.mark_running(job.id, int(meta.get("attempt", 1)))
-                self.store.set_progress(job.id, Progress(meta["done"], meta.get("total"), meta.get("fps", 0.0)))
+                self.store.set_progress(job.id, _progress(meta))
             self.store.finish(job.id, state, outcome.get("error"), outcome.get("result"))
         elif status is JobStatus.FAILED:
             self.store.finish(job.id, JobState.FAILED, "the worker failed on it after every retry; see its log")
@@ -134,6 +139,10 @@ class RedisBackend:
     def close(self) -> None:
         if self._redis is not None:
             self._redis.close()
+
+
+def _progress(meta: dict[str, Any]) -> Progress:
+    return Progress(meta["done"], meta.get("total"), meta.get("fps", 0.0), meta.get("first_frame"))
 
 
 # -- the worker side ------------------------------------------------------------------------------
@@ -164,7 +173,7 @@ def perform(job_id: str, source_name: str, target_name: str, options: dict[str, 
     rq_job.save_meta()
 
     def report(p: Progress) -> None:
-        rq_job.meta.update(done=p.done, total=p.total, fps=p.fps)
+        rq_job.meta.update(done=p.done, total=p.total, fps=p.fps, first_frame=p.first_frame)
         rq_job.save_meta()
 
     cancel_key = _CANCEL_KEY.format(job_id)

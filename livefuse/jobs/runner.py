@@ -96,6 +96,7 @@ class _Watch:
         self.report, self.cancelled, self.pause = report, cancelled, pause
         self.pipeline: Pipeline | None = None
         self.done = 0
+        self.first_frame: float | None = None
         self._start = time.monotonic()
         self._last = 0.0
 
@@ -103,13 +104,17 @@ class _Watch:
         self.done += 1
         if self.cancelled():
             raise JobCancelled("cancelled")
-        now = time.monotonic()
+        self.first_frame = self.first_frame or time.time()
         total = self.pipeline.info.frame_count if self.pipeline and self.pipeline.info else None
-        if now - self._last >= REPORT_EVERY_S or self.done == total:
-            self._last = now
-            self.report(Progress(self.done, total, self.done / max(now - self._start, 1e-6)))
+        if time.monotonic() - self._last >= REPORT_EVERY_S or self.done == total:
+            self._last = time.monotonic()
+            self.report(self.progress(total))
         if (wait := self.pause()) > 0:
             time.sleep(wait)  # live sessions first: this job's frames wait a little
+
+    def progress(self, total: int | None) -> Progress:
+        fps = self.done / max(time.monotonic() - self._start, 1e-6)
+        return Progress(self.done, total, fps, self.first_frame)
 
 
 def run_job(
@@ -143,5 +148,5 @@ def run_job(
         raise
     if not paths.produced.is_file():
         raise OutputError("the target held no frames, so there is no output")
-    report(Progress(watch.done, watch.done, watch.done / max(time.monotonic() - watch._start, 1e-6)))
+    report(watch.progress(watch.done))
     return finalise_output(paths.produced, paths.result)

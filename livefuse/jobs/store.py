@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     done INTEGER NOT NULL DEFAULT 0,
     total INTEGER,
     fps REAL NOT NULL DEFAULT 0,
+    first_frame REAL,
     error TEXT,
     created REAL NOT NULL,
     started REAL,
@@ -41,17 +42,17 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 """
 
 _COLUMNS = (
-    "id, state, source_name, target_name, options, done, total, fps, error, created, started, "
+    "id, state, source_name, target_name, options, done, total, fps, first_frame, error, created, started, "
     "finished, result_name, download_name, attempts, cancel_requested, seq"
 )
 
 
 def _job(row: tuple[Any, ...]) -> Job:
-    (id_, state, source, target, options, done, total, fps, error, created, started, finished,
+    (id_, state, source, target, options, done, total, fps, first, error, created, started, finished,
      result, download, attempts, cancel, _seq) = row
     return Job(
         id=id_, state=JobState(state), source_name=source, target_name=target, options=json.loads(options),
-        progress=Progress(done, total, fps), error=error, created=created, started=started,
+        progress=Progress(done, total, fps, first), error=error, created=created, started=started,
         finished=finished, result_name=result, download_name=download, attempts=attempts,
         cancel_requested=bool(cancel),
     )
@@ -142,7 +143,7 @@ class JobStore:
                 if row is not None:
                     db.execute(
                         "UPDATE jobs SET state = 'running', started = ?, attempts = attempts + 1, done = 0, "
-                        "fps = 0 WHERE id = ?",
+                        "fps = 0, first_frame = NULL WHERE id = ?",
                         (time.time(), row[0]),
                     )
                 db.execute("COMMIT")
@@ -163,14 +164,17 @@ class JobStore:
     def requeue(self, job_id: str) -> None:
         """Back to queued (a retry elsewhere); its progress starts again."""
         with self._locked() as db:
-            db.execute("UPDATE jobs SET state = 'queued', done = 0, fps = 0 WHERE id = ? AND state = 'running'",
-                       (job_id,))
+            db.execute(
+                "UPDATE jobs SET state = 'queued', done = 0, fps = 0, first_frame = NULL "
+                "WHERE id = ? AND state = 'running'",
+                (job_id,),
+            )
 
     def set_progress(self, job_id: str, progress: Progress) -> None:
         with self._locked() as db:
             db.execute(
-                "UPDATE jobs SET done = ?, total = ?, fps = ? WHERE id = ? AND state = 'running'",
-                (progress.done, progress.total, progress.fps, job_id),
+                "UPDATE jobs SET done = ?, total = ?, fps = ?, first_frame = ? WHERE id = ? AND state = 'running'",
+                (progress.done, progress.total, progress.fps, progress.first_frame, job_id),
             )
 
     def finish(self, job_id: str, state: JobState, error: str | None = None, result_name: str | None = None) -> bool:
@@ -193,7 +197,9 @@ class JobStore:
         """At start-up: jobs left running by a process that died run again from the start."""
         with self._locked() as db:
             rows = db.execute("SELECT id FROM jobs WHERE state = 'running'").fetchall()
-            db.execute("UPDATE jobs SET state = 'queued', done = 0, fps = 0 WHERE state = 'running'")
+            db.execute(
+                "UPDATE jobs SET state = 'queued', done = 0, fps = 0, first_frame = NULL WHERE state = 'running'"
+            )
         return [r[0] for r in rows]
 
     def delete(self, job_id: str) -> None:
