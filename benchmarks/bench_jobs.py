@@ -26,14 +26,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import benchinfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from jobs_helpers import Proc, make_clip, redis_server, serving, wait_state  # noqa: E402
+from jobs_helpers import make_clip, queue_mode, redis_server, serving, wait_state  # noqa: E402
 
 from livefuse.jobs.client import JobsClient  # noqa: E402
 from livefuse.models.files import default_home  # noqa: E402
@@ -46,18 +46,11 @@ FINAL = {"succeeded", "failed", "cancelled"}
 @contextmanager
 def mode(name: str, home: Path, tmp: Path) -> Iterator[JobsClient]:
     """A server for ``name``: embedded, redis-1 or redis-2."""
-    with ExitStack() as stack:
-        extra: list[str] = []
-        if name != "embedded":
-            url = stack.enter_context(redis_server(tmp))
-            storage = tmp / "shared"
-            storage.mkdir()
-            extra = ["--queue", url, "--storage", str(storage)]
-            for i in range(int(name.split("-")[1])):
-                worker = Proc(["worker", "--queue", url, "--storage", str(storage)], home, tmp / f"w{i}.log")
-                stack.callback(worker.stop)
-                worker.wait_for(r"livefuse worker \S+: ready")
-        _proc, client = stack.enter_context(serving(home, tmp, *extra))
+    if name == "embedded":
+        with serving(home, tmp) as (_proc, client):
+            yield client
+        return
+    with redis_server(tmp) as url, queue_mode(home, tmp, url, int(name.split("-")[1])) as (_workers, client, _dir):
         yield client
 
 

@@ -156,3 +156,21 @@ def redis_server(tmp: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@contextmanager
+def queue_mode(home: Path, tmp: Path, url: str, workers: int) -> Iterator[tuple[list[Proc], JobsClient, Path]]:
+    """``workers`` × ``livefuse worker`` and a ``livefuse serve --queue`` sharing ``tmp/shared``."""
+    storage = tmp / "shared"
+    storage.mkdir()
+    procs: list[Proc] = []
+    try:
+        for i in range(workers):
+            procs.append(Proc(["worker", "--queue", url, "--storage", str(storage)], home, tmp / f"worker{i}.log"))
+        for proc in procs:
+            proc.wait_for(r"livefuse worker \S+: ready")
+        with serving(home, tmp, "--queue", url, "--storage", str(storage)) as (_server, client):
+            yield procs, client, storage
+    finally:
+        for proc in procs:
+            proc.stop()

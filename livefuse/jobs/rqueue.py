@@ -193,6 +193,14 @@ class LivefuseWorker(SimpleWorker):
                          maintenance_interval=MAINTENANCE_S, worker_ttl=16, **kwargs)
         self.context = context
 
+    def subscribe(self) -> None:
+        """rq's, polling every second: with its 60 s poll the exit after a drain waited up to a minute."""
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=1, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
+
     def get_heartbeat_ttl(self, job: RqJob, working_time: float = 0.0) -> int:
         return HEARTBEAT_TTL_S
 
