@@ -240,9 +240,9 @@ def test_store_lists_pages_claims_and_expires(tmp_path: Path) -> None:
         job = Job(new_job_id(), JobState.QUEUED, "source.jpg", "target.mp4", created=1000.0 + i)
         store.add(job)
         ids.append(job.id)
-    page, cursor = store.list(limit=2)
+    page, cursor = store.page(limit=2)
     assert [j.id for j in page] == ids[:-3:-1] and cursor is not None
-    page2, _ = store.list(limit=2, cursor=cursor)
+    page2, _ = store.page(limit=2, cursor=cursor)
     assert [j.id for j in page2] == [ids[2], ids[1]]
     claimed = store.claim_next()
     assert claimed is not None and claimed.id == ids[0] and claimed.state is JobState.RUNNING and claimed.attempts == 1
@@ -250,7 +250,7 @@ def test_store_lists_pages_claims_and_expires(tmp_path: Path) -> None:
     assert store.get(ids[0]).progress == Progress(3, 10, 2.0)
     assert store.finish(ids[0], JobState.SUCCEEDED, result_name="result.mp4")
     assert not store.finish(ids[0], JobState.FAILED, "late")  # final stays final
-    assert [j.id for j in store.list(JobState.SUCCEEDED)[0]] == [ids[0]]
+    assert [j.id for j in store.page(JobState.SUCCEEDED)[0]] == [ids[0]]
     assert store.expired(time.time() + 1) == [ids[0]] and store.expired(time.time() - 60) == []
     store.close()
     # WAL: a second connection (a restarted server) sees it all.

@@ -17,7 +17,7 @@ import signal
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
@@ -115,7 +115,7 @@ class Gateway:
         for node in nodes:
             response = await self._forward(request, node)
             if response.status == 200 and response.body is not None:
-                found += [{**s, "node": node.id} for s in json.loads(bytes(response.body))["sessions"]]
+                found += [{**s, "node": node.id} for s in json.loads(cast(bytes, response.body))["sessions"]]
         return web.json_response({"sessions": found})
 
     async def new_session(self, request: web.Request) -> web.StreamResponse:
@@ -171,7 +171,7 @@ def _session_of(path: str, response: web.Response) -> str | None:
         location = response.headers.get("Location", "")
         return location.rsplit("/", 1)[-1] or None
     try:
-        return str(json.loads(bytes(response.body))["session"])  # type: ignore[arg-type]
+        return str(json.loads(cast(bytes, response.body))["session"])
     except (KeyError, ValueError, TypeError):
         return None
 

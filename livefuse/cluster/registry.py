@@ -58,10 +58,10 @@ class Registry:
         data = self.redis.hgetall(_NODE.format(node_id))
         if b"url" not in data:  # gone, or a reservation that raced the node's expiry
             return None
-        return Node(node_id, data[b"url"].decode(), int(data[b"free"]), int(data[b"max"]))
+        return Node(node_id, _text(data[b"url"]), int(data[b"free"]), int(data[b"max"]))
 
     def nodes(self) -> list[Node]:
-        ids = [key.decode().rsplit(":", 1)[1] for key in self.redis.scan_iter(match=_NODE.format("*"), count=100)]
+        ids = [_text(key).rsplit(":", 1)[1] for key in self.redis.scan_iter(match=_NODE.format("*"), count=100)]
         return [n for n in (self.node(i) for i in ids) if n is not None]
 
     def roomiest(self, skip: frozenset[str] = frozenset()) -> Node | None:
@@ -89,13 +89,17 @@ class Registry:
             latest = self.redis.get(_LATEST)
             if latest is None:
                 return None
-            session_id = latest.decode()
+            session_id = _text(latest)
         node_id = self.redis.get(_SESSION.format(session_id))
-        return self.node(node_id.decode()) if node_id else None
+        return self.node(_text(node_id)) if node_id else None
 
     def latest(self) -> str | None:
         value = self.redis.get(_LATEST)
-        return value.decode() if value else None
+        return _text(value) if value else None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def advertise(url: str, node_url: str, room: Callable[[], tuple[int, int]]) -> None:

@@ -130,7 +130,7 @@ class JobsApi:
                 raise ApiError(400, f"state must be one of {', '.join(s.value for s in JobState)}") from None
         limit = _int_query(query, "limit", 50, 1, 500)
         cursor = _int_query(query, "cursor", None, 0, None)
-        jobs, next_cursor = await _blocking(self.service.store.list, state, limit, cursor)
+        jobs, next_cursor = await _blocking(self.service.store.page, state, limit, cursor)
         return web.json_response({"jobs": [j.public() for j in jobs], "next_cursor": next_cursor})
 
     async def show(self, request: web.Request) -> web.Response:

@@ -61,7 +61,7 @@ class JobsClient:
 
     def events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """(event, job) pairs from the events stream until the job is final."""
-        with self._request("GET", f"/api/jobs/{job_id}/events", timeout=None) as response:
+        with self._request("GET", f"/api/jobs/{job_id}/events", stream=True) as response:
             if response.status >= 400:
                 _json(response)
             event, data = "message", []
@@ -79,7 +79,7 @@ class JobsClient:
         """Download the result to ``output`` (through a temporary file: never half-written)."""
         tmp = output.with_name(f".{output.name}.{secrets.token_hex(4)}.part")
         try:
-            with self._request("GET", f"/api/jobs/{job_id}/result", timeout=None) as response:
+            with self._request("GET", f"/api/jobs/{job_id}/result", stream=True) as response:
                 if response.status >= 400:
                     _json(response)
                 with tmp.open("xb") as fh:
@@ -92,13 +92,14 @@ class JobsClient:
 
     def _request(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-        timeout: float | None | str = "default",
+        stream: bool = False,
     ) -> http.client.HTTPResponse:
         url = urlsplit(self.server)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise JobApiError(0, f"--server {self.server!r} is not an http(s)://host:port URL")
         kind = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-        conn = kind(url.hostname, url.port, timeout=self.timeout_s if timeout == "default" else timeout)
+        # A stream (events, a download) may be quiet for long: no read timeout on it.
+        conn = kind(url.hostname, url.port, timeout=None if stream else self.timeout_s)
         headers = dict(headers or {})
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"

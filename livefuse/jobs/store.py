@@ -88,11 +88,12 @@ class JobStore:
             row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row) if row else None
 
-    def list(
+    def page(
         self, state: JobState | None = None, limit: int = 50, cursor: int | None = None
     ) -> tuple[list[Job], int | None]:
         """Newest first; returns the jobs and the cursor of the next page (None at the end)."""
-        where, args = ["1"], []
+        where: list[str] = ["1"]
+        args: list[Any] = []
         if state is not None:
             where.append("state = ?")
             args.append(state.value)
