@@ -8,12 +8,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from livefuse.config import Settings
 from livefuse.errors import ConfigError
 from livefuse.jobs.client import JobsClient
 from livefuse.jobs.options import normalise_options
+
+if TYPE_CHECKING:
+    from livefuse.jobs.service import JobsConfig
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -91,7 +94,7 @@ def _wait_and_fetch(client: JobsClient, job_id: str, output: Path | None) -> int
     return 0
 
 
-def jobs_config(args: argparse.Namespace, settings: Settings) -> Any:
+def jobs_config(args: argparse.Namespace, settings: Settings) -> JobsConfig:
     """The job service's config from ``livefuse serve``'s options."""
     from livefuse.app import home_of
     from livefuse.config import parse_bytes

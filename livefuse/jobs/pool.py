@@ -10,7 +10,7 @@ from livefuse.app import Engine
 from livefuse.config import Settings
 from livefuse.errors import LivefuseError
 from livefuse.jobs.files import JobFiles
-from livefuse.jobs.model import Job, JobState
+from livefuse.jobs.model import Job, JobState, Progress
 from livefuse.jobs.options import job_settings
 from livefuse.jobs.runner import JobCancelled, JobPaths, run_job
 from livefuse.jobs.store import JobStore
@@ -21,8 +21,15 @@ log = logging.getLogger(__name__)
 IDLE_POLL_S = 1.0
 
 
-def execute(engine: Engine, base: Settings, files: JobFiles, job: Job, report: Callable, cancelled: Callable[[], bool],
-            pause: Callable[[], float] = lambda: 0.0) -> tuple[JobState, str | None, str | None]:
+def execute(
+    engine: Engine,
+    base: Settings,
+    files: JobFiles,
+    job: Job,
+    report: Callable[[Progress], None],
+    cancelled: Callable[[], bool],
+    pause: Callable[[], float] = lambda: 0.0,
+) -> tuple[JobState, str | None, str | None]:
     """Run ``job``; its final (state, error, result file name). Shared by both backends."""
     paths = JobPaths.in_dir(files.dir(job.id), job.source_name, job.target_name)
     try:

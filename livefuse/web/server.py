@@ -20,6 +20,8 @@ Routes (every one except the pages and static files needs the token when one is 
 ``DELETE /whep/{session}/{viewer}``    end a viewer
 ====================================  ==================================================
 
+The job routes (``/api/jobs…``) are ``livefuse.jobs.api``'s, added by ``create_app(jobs=…)``.
+
 Errors are JSON ``{"error": message}`` with a status that fits; a bug answers 500 with no
 details (they go to the server log), never a traceback.
 """
