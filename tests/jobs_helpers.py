@@ -102,7 +102,7 @@ class Proc:
 def serving(home: Path, tmp: Path, *extra: str, name: str = "serve",
             loopback_ice: bool = False) -> Iterator[tuple[Proc, JobsClient]]:
     """``livefuse serve`` on a free port with its job table and files under ``tmp``."""
-    args = ["serve", "--port", "0", "--job-db", str(tmp / f"{name}.sqlite3"), *extra]
+    args = ["serve", "--port", "0", "--job-db", str(tmp / "jobs.sqlite3"), *extra]
     if "--storage" not in extra:
         args += ["--storage", str(tmp / "files")]
     proc = Proc(args, home, tmp / f"{name}.log", loopback_ice)
