@@ -108,6 +108,8 @@ def jobs_config(args: argparse.Namespace, settings: Settings) -> JobsConfig:
         raise ConfigError("--queue needs --storage DIR: a directory the workers share (NFS, a volume)")
     if args.queue and not args.queue.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"--queue {args.queue!r} is not a redis:// (or rediss://, unix://) URL")
+    if args.queue:
+        _need_redis()
     limits = StorageLimits(
         max_target_bytes=parse_bytes(args.max_job_upload, "--max-job-upload"),
         quota_bytes=parse_bytes(args.job_quota, "--job-quota") if args.job_quota else None,
