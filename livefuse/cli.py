@@ -185,8 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from livefuse import commands
-    from livefuse.jobs import commands as job_commands
+    from livefuse import commands, job_commands
 
     handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
         "cam": commands.cam,

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -100,6 +101,20 @@ class Registry:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+Room = Callable[[], tuple[int, int]]
+"A worker's (free, max) session slots, read at each heartbeat."
+
+
+def registration(queue: str, advertise_url: str | None) -> Callable[[str, Room], Coroutine[Any, Any, None]]:
+    """What ``livefuse serve --queue`` runs while it listens (``web.server.Extension.listening``):
+    register at ``advertise_url``, or at the server's own URL."""
+
+    def listening(server_url: str, room: Room) -> Coroutine[Any, Any, None]:
+        return advertise(queue, advertise_url or server_url, room)
+
+    return listening
 
 
 async def advertise(url: str, node_url: str, room: Callable[[], tuple[int, int]]) -> None:

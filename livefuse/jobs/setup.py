@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 
-from livefuse.app import Engine
-from livefuse.config import Settings
+from aiohttp import web
+
+from livefuse.app import Engine, home_of
+from livefuse.config import Settings, parse_bytes
+from livefuse.errors import ConfigError
 from livefuse.jobs.api import JobsApi
-from livefuse.jobs.files import JobFiles
+from livefuse.jobs.files import JobFiles, StorageLimits
 from livefuse.jobs.pool import WorkerPool
 from livefuse.jobs.service import Backend, JobsConfig, JobService
 from livefuse.jobs.store import JobStore
@@ -31,3 +35,48 @@ def jobs_api(config: JobsConfig, settings: Settings, engine: Engine, live_sessio
             pause=lambda: LIVE_PAUSE_S if live_sessions() else 0.0,
         )
     return JobsApi(JobService(store, files, backend, engine, settings, config.retention_s))
+
+
+def jobs_routes(config: JobsConfig, settings: Settings) -> Callable[[web.Application, Engine, Callable[[], int]], None]:
+    """What ``livefuse serve`` calls to add the job routes to its app (``web.server.Extension``)."""
+
+    def add(app: web.Application, engine: Engine, live_sessions: Callable[[], int]) -> None:
+        jobs_api(config, settings, engine, live_sessions).add_routes(app)
+
+    return add
+
+
+def jobs_config(args: argparse.Namespace, settings: Settings) -> JobsConfig:
+    """The job service's config from ``livefuse serve``'s options."""
+    home = home_of(settings)
+    if args.job_workers < 1:
+        raise ConfigError(f"--job-workers must be at least 1, got {args.job_workers}")
+    if args.queue and not args.storage:
+        raise ConfigError("--queue needs --storage DIR: a directory the workers share (NFS, a volume)")
+    if args.queue and not args.queue.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"--queue {args.queue!r} is not a redis:// (or rediss://, unix://) URL")
+    if args.queue:
+        need_redis()
+    limits = StorageLimits(
+        max_target_bytes=parse_bytes(args.max_job_upload, "--max-job-upload"),
+        quota_bytes=parse_bytes(args.job_quota, "--job-quota") if args.job_quota else None,
+    )
+    return JobsConfig(
+        db=args.job_db or home / "jobs" / "jobs.sqlite3",
+        storage=args.storage or home / "jobs" / "files",
+        workers=args.job_workers,
+        queue=args.queue,
+        limits=limits,
+        retention_s=args.job_retention * 3600.0,
+        advertise=args.advertise,
+    )
+
+
+def need_redis() -> None:
+    try:
+        import redis  # noqa: F401
+        import rq  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            f'Redis mode needs redis and rq ({exc.name} is missing): pip install "livefuse[jobs]"'
+        ) from None

@@ -20,7 +20,8 @@ Routes (every one except the pages and static files needs the token when one is 
 ``DELETE /whep/{session}/{viewer}``    end a viewer
 ====================================  ==================================================
 
-The job routes (``/api/jobs…``) are ``livefuse.jobs.api``'s, added by ``create_app(jobs=…)``.
+Layers above add their own routes and background work through an ``Extension`` (the job
+service's ``/api/jobs…`` and the gateway registration do), so this module imports none of them.
 
 Errors are JSON ``{"error": message}`` with a status that fits; a bug answers 500 with no
 details (they go to the server log), never a traceback.
@@ -32,11 +33,11 @@ import asyncio
 import logging
 import secrets
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from aiohttp import web
 
@@ -62,9 +63,6 @@ from livefuse.web.http import (
 from livefuse.web.options import Choices, SessionLimits, StartOptions
 from livefuse.web.session import SessionManager
 from livefuse.web.uploads import MAX_IMAGE_SIDE, MAX_UPLOAD_BYTES, ImageLimits, PrivateDir
-
-if TYPE_CHECKING:
-    from livefuse.jobs.service import JobsConfig
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +155,21 @@ UPLOADS = web.AppKey("uploads", PrivateDir)
 WATCHER = web.AppKey("watcher", asyncio.Task)
 
 
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """What a layer above adds to the server without this module importing it."""
+
+    routes: Callable[[web.Application, Engine, Callable[[], int]], None] | None = None
+    "Adds routes (and their start-up/clean-up) to the app, given the engine and the live-session count."
+    listening: Callable[[str, Callable[[], tuple[int, int]]], Coroutine[Any, Any, None]] | None = None
+    "Runs while the server listens, given its URL and its (free, max) session slots; cancelled at stop."
+
+
 def create_app(
-    config: ServerConfig, settings: Settings, engine: Engine, jobs: JobsConfig | None = None
+    config: ServerConfig, settings: Settings, engine: Engine, extension: Extension | None = None
 ) -> web.Application:
-    """The aiohttp application. ``engine`` stays the caller's to close. With ``jobs``, the
-    job routes (``livefuse.jobs.api``) are served too.
+    """The aiohttp application. ``engine`` stays the caller's to close. ``extension`` adds
+    the routes of layers above (the job service).
 
     Raises ``ConfigError`` for a config that binds beyond loopback without a token.
     """
@@ -177,10 +185,8 @@ def create_app(
     app[MANAGER] = manager
     app[UPLOADS] = uploads
     Api(config, manager).add_routes(app)
-    if jobs is not None:
-        from livefuse.jobs.setup import jobs_api  # the jobs package builds on this one's errors
-
-        jobs_api(jobs, settings, engine, live_sessions=lambda: len(manager)).add_routes(app)
+    if extension is not None and extension.routes is not None:
+        extension.routes(app, engine, lambda: len(manager))
     app.on_response_prepare.append(security_headers)
     app.on_startup.append(_start_watcher)
     app.on_cleanup.append(_shutdown)
@@ -346,19 +352,26 @@ class Api:
 
 
 def serve(
-    config: ServerConfig, settings: Settings, announce: Callable[[str], None] = print, jobs: JobsConfig | None = None
+    config: ServerConfig,
+    settings: Settings,
+    announce: Callable[[str], None] = print,
+    extension: Extension | None = None,
 ) -> int:
     """Run the server until Ctrl-C or SIGTERM; returns 0. Prints the URLs (and token) first."""
     config = config.resolved()
     with Engine(settings) as engine:
-        asyncio.run(_serve(config, settings, engine, announce, jobs))
+        asyncio.run(_serve(config, settings, engine, announce, extension))
     return 0
 
 
 async def _serve(
-    config: ServerConfig, settings: Settings, engine: Engine, announce: Callable[[str], None], jobs: JobsConfig | None
+    config: ServerConfig,
+    settings: Settings,
+    engine: Engine,
+    announce: Callable[[str], None],
+    extension: Extension | None,
 ) -> None:
-    app = create_app(config, settings, engine, jobs)
+    app = create_app(config, settings, engine, extension)
     runner = web.AppRunner(app, access_log=None)  # URLs may hold the token
     await runner.setup()
     try:
@@ -377,12 +390,10 @@ async def _serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with suppress(NotImplementedError):  # Windows: Ctrl-C arrives as KeyboardInterrupt
             loop.add_signal_handler(sig, stop.set)
-    beat = None
-    if jobs is not None and jobs.queue:  # a worker behind 'livefuse gateway': register in Redis
-        from livefuse.cluster.registry import advertise
-
+    beat: asyncio.Task[None] | None = None
+    if extension is not None and extension.listening is not None:
         room = lambda: (config.max_sessions - len(app[MANAGER]), config.max_sessions)  # noqa: E731
-        beat = loop.create_task(advertise(jobs.queue, jobs.advertise or f"http://{config.host}:{port}", room))
+        beat = loop.create_task(extension.listening(f"http://{config.host}:{port}", room))
     try:
         await stop.wait()
     finally:

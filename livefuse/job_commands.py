@@ -1,4 +1,5 @@
-"""What ``livefuse jobs …`` does (a client of a running server). Returns exit codes."""
+"""What ``livefuse jobs …`` (a client of a running server), ``livefuse worker`` and
+``livefuse gateway`` do. Returns exit codes; never exits."""
 
 from __future__ import annotations
 
@@ -8,15 +9,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from livefuse.config import Settings
 from livefuse.errors import ConfigError
 from livefuse.jobs.client import JobsClient
 from livefuse.jobs.options import normalise_options
-
-if TYPE_CHECKING:
-    from livefuse.jobs.service import JobsConfig
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -94,50 +92,11 @@ def _wait_and_fetch(client: JobsClient, job_id: str, output: Path | None) -> int
     return 0
 
 
-def jobs_config(args: argparse.Namespace, settings: Settings) -> JobsConfig:
-    """The job service's config from ``livefuse serve``'s options."""
-    from livefuse.app import home_of
-    from livefuse.config import parse_bytes
-    from livefuse.jobs.files import StorageLimits
-    from livefuse.jobs.service import JobsConfig
-
-    home = home_of(settings)
-    if args.job_workers < 1:
-        raise ConfigError(f"--job-workers must be at least 1, got {args.job_workers}")
-    if args.queue and not args.storage:
-        raise ConfigError("--queue needs --storage DIR: a directory the workers share (NFS, a volume)")
-    if args.queue and not args.queue.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"--queue {args.queue!r} is not a redis:// (or rediss://, unix://) URL")
-    if args.queue:
-        _need_redis()
-    limits = StorageLimits(
-        max_target_bytes=parse_bytes(args.max_job_upload, "--max-job-upload"),
-        quota_bytes=parse_bytes(args.job_quota, "--job-quota") if args.job_quota else None,
-    )
-    return JobsConfig(
-        db=args.job_db or home / "jobs" / "jobs.sqlite3",
-        storage=args.storage or home / "jobs" / "files",
-        workers=args.job_workers,
-        queue=args.queue,
-        limits=limits,
-        retention_s=args.job_retention * 3600.0,
-        advertise=args.advertise,
-    )
-
-
-def _need_redis() -> None:
-    try:
-        import redis  # noqa: F401
-        import rq  # noqa: F401
-    except ImportError as exc:
-        raise ConfigError(
-            f'Redis mode needs redis and rq ({exc.name} is missing): pip install "livefuse[jobs]"'
-        ) from None
-
-
 def worker(args: argparse.Namespace, settings: Settings) -> int:
     """``livefuse worker``: run jobs from the Redis queue with the models kept warm."""
-    _need_redis()
+    from livefuse.jobs.setup import need_redis
+
+    need_redis()
     from livefuse.jobs.files import JobFiles
     from livefuse.jobs.rqueue import run_worker
 
@@ -153,7 +112,9 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def gateway(args: argparse.Namespace, settings: Settings) -> int:
     """``livefuse gateway``: one public address routing live sessions to registered workers."""
-    _need_redis()
+    from livefuse.jobs.setup import need_redis
+
+    need_redis()
     from livefuse.cluster.gateway import GatewayConfig, run_gateway
 
     return run_gateway(GatewayConfig(host=args.host, port=args.port, token=args.token, queue=args.queue))
