@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.benchinfo import describe  # noqa: E402
 from livefuse.faces import Faces  # noqa: E402
-from livefuse.gpu.path import GpuSwapPath, ModelIO  # noqa: E402
 from livefuse.models.manifest import load_manifest  # noqa: E402
-from livefuse.neural.build import crop_spec  # noqa: E402
-from livefuse.neural.swapper import NeuralConfig  # noqa: E402
+from livefuse.swap.gpu.path import GpuSwapPath, ModelIO  # noqa: E402
+from livefuse.swap.neural.build import crop_spec  # noqa: E402
+from livefuse.swap.neural.swapper import NeuralConfig  # noqa: E402
 
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080), "4K": (3840, 2160)}
 MODEL = "inswapper_128"
@@ -106,9 +106,9 @@ def cuda_setup(runtime: str, cache: Path) -> tuple[Any, Any, Any, Callable[[], N
     """Device, kernels, model runner and a synchronise-all for a real GPU."""
     from cuda.bindings import runtime as cudart
 
-    from livefuse.gpu.launch import CudaKernels
-    from livefuse.models.standins import make_faithful
     from livefuse.runtime.cuda import CudaDevice, check, probe
+    from livefuse.swap.gpu.launch import CudaKernels
+    from livefuse.testing.standins import make_faithful
 
     device, kernels = CudaDevice(0), CudaKernels(0)
     onnx = cache / f"{MODEL}.onnx"
@@ -136,9 +136,9 @@ def cuda_setup(runtime: str, cache: Path) -> tuple[Any, Any, Any, Callable[[], N
 
 def emulated_setup(cache: Path) -> tuple[Any, Any, Any, Callable[[], None], dict[str, str]]:
     """The CPU emulator and a tiny stand-in: only checks that this script runs."""
-    from livefuse.gpu import emulate
-    from livefuse.models.standins import make_tiny
     from livefuse.runtime.ort import OrtRunner
+    from livefuse.testing import emulate
+    from livefuse.testing.standins import make_tiny
 
     runner = OrtRunner(make_tiny(MODEL, cache), name=MODEL)
     runner.activate()
@@ -165,7 +165,7 @@ def main() -> int:
     else:
         device, kernels, model, sync, info = cuda_setup(args.runtime, args.cache)
         sizes, counts, frames = SIZES, (1, 4), args.frames
-        from livefuse.gpu.swapper import model_io
+        from livefuse.swap.gpu.swapper import model_io
 
         io = model_io(model, "target", "source")
     latents = np.random.default_rng(0).normal(0, 1, (1, io.latent_size)).astype(np.float32)

@@ -37,6 +37,7 @@ from jobs_helpers import make_clip, queue_mode, redis_server, serving, wait_stat
 
 from livefuse.jobs.client import JobsClient  # noqa: E402
 from livefuse.models.files import default_home  # noqa: E402
+from livefuse.models.install import ModelInstaller  # noqa: E402
 from livefuse.models.store import ModelStore  # noqa: E402
 from livefuse.samples import SampleStore, make_demo_clip  # noqa: E402
 
@@ -81,7 +82,7 @@ def main() -> int:
     parser.add_argument("--modes", default="embedded,redis-1,redis-2")
     args = parser.parse_args()
     home = Path(os.environ.get("LIVEFUSE_HOME") or default_home())
-    ModelStore(home).pull()
+    ModelInstaller(ModelStore(home)).pull()
     samples = SampleStore(home)
     samples.pull()
     demo = make_demo_clip(samples)

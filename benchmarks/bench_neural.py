@@ -28,13 +28,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import livefuse.app as app  # noqa: E402
-import livefuse.neural.swapper as swapper_module  # noqa: E402
-from livefuse.config import Settings  # noqa: E402
+import livefuse.swap.neural.swapper as swapper_module  # noqa: E402
+from livefuse.config import load_settings  # noqa: E402
 from livefuse.models.files import default_home, sha256_file  # noqa: E402
 from livefuse.models.manifest import load_manifest  # noqa: E402
-from livefuse.models.standins import make_faithful  # noqa: E402
 from livefuse.models.store import ModelStore  # noqa: E402
-from livefuse.neural import models as neural_models  # noqa: E402
+from livefuse.swap.neural import models as neural_models  # noqa: E402
+from livefuse.testing.standins import make_faithful  # noqa: E402
 from tests.helpers import frame_of  # noqa: E402
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "standins" / "faithful"
@@ -107,7 +107,7 @@ def scene(home: Path, size: tuple[int, int], faces: int) -> np.ndarray:
 
 def budget(engine: app.Engine, frame: np.ndarray, frames: int, clock: Clock) -> dict[str, float]:
     tracker = engine.tracker()
-    swapper = engine.swapper(Path(engine.settings.home or "") / "samples" / "biden.jpg")
+    swapper = engine.swapper((engine.settings.runtime.home or Path()) / "samples" / "biden.jpg")
     encoder = av.CodecContext.create("libx264", "w")
     encoder.width, encoder.height, encoder.pix_fmt = frame.shape[1], frame.shape[0], "yuv420p"
     encoder.options = {"preset": "veryfast"}
@@ -159,7 +159,8 @@ def main() -> int:
     clock.wrap(swapper_module.NeuralSwapper, "commit", "prepare+commit")
     clock.wrap(swapper_module.align, "crop", "align")
     rows = []
-    settings = Settings(home=str(bench_home), swapper="inswapper_128", threads=2, detect_every=10)
+    options = {"home": str(bench_home), "swapper": "inswapper_128", "threads": 2, "detect_every": 10}
+    settings = load_settings(options, env={})
     with app.Engine(settings) as engine:
         for name, size in (("720p", (1280, 720)), ("1080p", (1920, 1080))):
             for faces in (1, 4):

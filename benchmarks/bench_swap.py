@@ -28,12 +28,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from livefuse.app import Engine  # noqa: E402
-from livefuse.config import Settings  # noqa: E402
+from livefuse.config import load_settings  # noqa: E402
+from livefuse.geometry.crop import CropSpec  # noqa: E402
 from livefuse.models.files import default_home  # noqa: E402
-from livefuse.neural.crop import CropSpec  # noqa: E402
-from livefuse.neural.models import SwapModel  # noqa: E402
-from livefuse.neural.swapper import NeuralConfig, NeuralSwapper  # noqa: E402
 from livefuse.runtime.base import Runner, TensorSpec  # noqa: E402
+from livefuse.swap.neural.models import SwapModel  # noqa: E402
+from livefuse.swap.neural.swapper import NeuralConfig, NeuralSwapper  # noqa: E402
 from tests.helpers import frame_of  # noqa: E402
 from tests.insightface_ref import INSwapperRef  # noqa: E402
 
@@ -125,7 +125,7 @@ def main() -> int:
     fixed.activate()
     model = SwapModel(fixed, crop, "normed")
     results: dict[str, object] = {"cpu_affinity": 1, "repeat": args.repeat, "rows": []}
-    with Engine(Settings(home=str(home), threads=1)) as engine:
+    with Engine(load_settings({"home": str(home), "threads": 1}, env={})) as engine:
         for name, size in (("720p", (1280, 720)), ("1080p", (1920, 1080))):
             faces = engine.tracker().analyze(frame_of(scene(portrait, size, 0.4)))
             row = measure(name, scene(portrait, size, 0.4), faces[[0]], model, output, args.repeat)

@@ -1,7 +1,7 @@
 """Browser → livefuse → browser latency over WebRTC, measured with a frame counter.
 
 Headless Chromium (Debian's, driven by Playwright) plays a clip of a sample portrait as
-its camera; every frame carries a 16-bit counter (``livefuse/web/fakecam.py``). The demo
+its camera; every frame carries a 16-bit counter (``livefuse/testing/fakecam.py``). The demo
 page sends the camera to ``livefuse serve``'s app on 127.0.0.1 and shows what comes
 back; ``static/probe.js`` decodes the counter in both videos as they are displayed, so
 latency = when a counter appears in the returned video − when it appeared in the local
@@ -38,11 +38,12 @@ from aiohttp import web
 from playwright.async_api import Browser, async_playwright
 
 from livefuse.app import Engine
-from livefuse.config import Settings
+from livefuse.config import Settings, load_settings
 from livefuse.models.files import default_home
+from livefuse.models.install import ModelInstaller
 from livefuse.models.store import ModelStore
 from livefuse.samples import SampleStore
-from livefuse.web.fakecam import chromium_flags, face_clip, write_y4m
+from livefuse.testing.fakecam import chromium_flags, face_clip, write_y4m
 from livefuse.web.server import ServerConfig, create_app
 
 SIZES = {"480p": (640, 480), "720p": (1280, 720)}
@@ -140,6 +141,7 @@ async def run_once(browser: Browser, url: str, size: str, swap: bool, seconds: f
             "dropped": server["dropped"],
             "detector_rate": server["detector_rate"],
             "size": server["size"],
+            "budget_ms": server["budget_ms"],
         },
         "machine_cpu_percent": round(100 * (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1), 0),
     }
@@ -147,7 +149,7 @@ async def run_once(browser: Browser, url: str, size: str, swap: bool, seconds: f
 
 async def bench(sizes: list[str], seconds: float, home: Path) -> list[dict[str, Any]]:
     loopback_only()
-    settings = Settings(home=str(home))
+    settings = load_settings({"home": str(home)}, env={})
     portrait = cv2.imread(str(SampleStore(home).path("obama.jpg")))
     runs = []
     with Engine(settings) as engine, tempfile.TemporaryDirectory(prefix="livefuse-bench-") as tmp:
@@ -189,6 +191,19 @@ def table(runs: list[dict[str, Any]]) -> str:
             f"| {received.get('jitter_buffer_ms', 0):.0f} | {server['dropped']['total']} "
             f"| {server['detector_rate']} | {r['machine_cpu_percent']:.0f} |"
         )
+    rows += ["", "Where the server's milliseconds go (p50 / p95; for the stages: queue wait · work):", "",
+             "| size | swap | convert in | capture | analyze | swap | output | convert out |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        b = r["server"]["budget_ms"]
+        stages = " | ".join(
+            f"{b[s]['wait_p50']}/{b[s]['wait_p95']} · {b[s]['work_p50']}/{b[s]['work_p95']}"
+            for s in ("capture", "analyze", "swap", "output")
+        )
+        rows.append(
+            f"| {r['size']} | {r['swap']} | {b['convert_in']['p50']}/{b['convert_in']['p95']} | {stages} "
+            f"| {b['convert_out']['p50']}/{b['convert_out']['p95']} |"
+        )
     return "\n".join(rows)
 
 
@@ -201,7 +216,7 @@ def main() -> int:
         print(f"bench_webrtc needs Chromium at {CHROMIUM}: apt-get install -y chromium", file=sys.stderr)
         return 1
     home = Path(os.environ.get("LIVEFUSE_HOME") or default_home())
-    ModelStore(home).pull()
+    ModelInstaller(ModelStore(home)).pull()
     SampleStore(home).pull()
     runs = asyncio.run(bench(args.sizes.split(","), args.seconds, home))
     OUT.mkdir(exist_ok=True)

@@ -8,31 +8,31 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import TypeVar, get_args
 
 import numpy as np
 
-from livefuse.config import Settings
+from livefuse.config import MESH, DetectorName, RuntimeSettings, Settings, SwapSettings
 from livefuse.errors import ConfigError, ModelError
 from livefuse.face.detect import CenterFaceDetector, Detector, DetectorConfig
 from livefuse.face.detectors import ScrfdDetector, YunetDetector
 from livefuse.face.mesh import MeshLandmarker
 from livefuse.face.topology import five_points
 from livefuse.face.track import FaceTracker, TrackerConfig
-from livefuse.gpu.swapper import GpuPairSwapper, open_cuda_swapper
+from livefuse.geometry.crop import CropSpec
 from livefuse.models.contracts import load_emap
 from livefuse.models.files import default_home
 from livefuse.models.store import ModelStore
-from livefuse.neural.build import check_role, crop_spec
-from livefuse.neural.crop import CropSpec
-from livefuse.neural.models import Enhancer, Occluder, Parser, Recognizer, SwapModel
-from livefuse.neural.select import FaceSelector, Mapping, SelectingSwapper
-from livefuse.neural.swapper import NeuralConfig, NeuralSwapper
 from livefuse.pipeline.stages import Swapper
-from livefuse.runtime.backends import RunnerFactory, RunnerOptions
+from livefuse.runtime.backends import RunnerFactory, RunnerOptions, parse_runtime
 from livefuse.runtime.base import Runner
-from livefuse.runtime.engines import default_engines_dir
+from livefuse.runtime.engine_files import default_engines_dir
+from livefuse.swap.gpu.swapper import GpuPairSwapper, open_cuda_swapper
 from livefuse.swap.mesh import MeshSwapConfig, MeshSwapper
+from livefuse.swap.neural.build import ROLES, check_role, crop_spec
+from livefuse.swap.neural.models import Enhancer, Occluder, Parser, Recognizer, SwapModel
+from livefuse.swap.neural.swapper import NeuralConfig, NeuralSwapper
+from livefuse.swap.select import FaceSelector, Mapping, SelectingSwapper
 from livefuse.swap.source import SourceFace, analyse_source, read_image
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,14 @@ T = TypeVar("T")
 RECOGNIZER = "w600k_r50"
 
 
+def runner_options(settings: RuntimeSettings) -> RunnerOptions:
+    """What the settings say about running models (parsed and checked at load)."""
+    return RunnerOptions(parse_runtime(settings.runtime), settings.providers, settings.threads, settings.vram_budget)
+
+
 def home_of(settings: Settings) -> Path:
     """The models-and-samples directory the settings point at."""
-    return Path(settings.home).expanduser() if settings.home else default_home()
+    return settings.runtime.home or default_home()
 
 
 class Engine:
@@ -58,7 +63,7 @@ class Engine:
         self.store = store or ModelStore(home_of(settings))
         self._stack = ExitStack()
         # Checks runtime and vram_budget now; the machine's facts are gathered at the first runner.
-        self._factory = RunnerFactory(RunnerOptions.from_settings(settings), default_engines_dir(self.store.home))
+        self._factory = RunnerFactory(runner_options(settings.runtime), default_engines_dir(self.store.home))
         self._runners: dict[str, Runner] = {}
         # Web sessions build swappers from executor threads: runner creation is serialised.
         self._lock = threading.Lock()
@@ -78,21 +83,26 @@ class Engine:
 
     def detector(self) -> Detector:
         """The detector the settings name (CenterFace unless another is installed and asked for)."""
-        s = self.settings
+        s = self.settings.analysis
         if s.detector == "centerface":
             return CenterFaceDetector(self.runner("centerface"), DetectorConfig(s.detect_size, s.detect_threshold))
         kinds: dict[str, type[ScrfdDetector] | type[YunetDetector]] = {"scrfd": ScrfdDetector, "yunet": YunetDetector}
         spec = self.store.spec(s.detector)
         if spec.role != "detector" or spec.family not in kinds:
-            raise ConfigError(f"{s.detector!r} is not a detector; use centerface, scrfd_det_10g or yunet_2023mar")
+            raise ConfigError(f"{s.detector!r} is not a detector; use {', '.join(get_args(DetectorName))}")
         return kinds[spec.family](self.runner(s.detector), crop_spec(spec))
 
     def landmarker(self) -> MeshLandmarker:
         return MeshLandmarker(self.runner("face_mesh"))
 
-    def tracker(self) -> FaceTracker:
-        s = self.settings
-        config = TrackerConfig(detect_every=s.detect_every, max_faces=s.max_faces, smooth=s.smooth)
+    def tracker(self, *, live: bool = False) -> FaceTracker:
+        """The analysis stage. ``live``: the detector runs in its own thread beside the tracker,
+        so no live frame waits for it; otherwise inline (files: the same output every time).
+        Close a live tracker (the pipeline does) to stop that thread."""
+        s = self.settings.analysis
+        config = TrackerConfig(
+            detect_every=s.detect_every, max_faces=s.max_faces, smooth=s.smooth, background=live
+        )
         return FaceTracker(self.detector(), self.landmarker(), config)
 
     def source_face(self, photo: Path) -> tuple[np.ndarray, SourceFace]:
@@ -100,27 +110,37 @@ class Engine:
         image = read_image(photo)
         return image, analyse_source(image, self.detector(), self.landmarker(), f"photo {photo}")
 
-    def swapper(self, photo: Path, settings: Settings | None = None) -> Swapper:
+    def swapper(self, photo: Path, settings: SwapSettings | None = None) -> Swapper:
         """The swap stage for the face in ``photo``, as ``settings`` (default: the engine's)
         ask: swapper, enhancer, masks, face modes. The runners stay the engine's, shared."""
-        s = settings or self.settings
-        if s.faces not in ("one", "many", "map"):
-            raise ConfigError(f"faces must be one, many or map, not {s.faces!r}")
-        if s.frame_path not in ("cpu", "gpu"):
-            raise ConfigError(f"frame_path must be cpu or gpu, not {s.frame_path!r}")
+        s = settings or self.settings.swap
+        self._check_name(s.swapper, "swapper", (MESH,))
+        if s.enhancer:
+            self._check_name(s.enhancer, "enhancer")
         if s.faces == "map" and not s.mapping:
             raise ConfigError("--faces map needs at least one --map REF.jpg=SRC.jpg")
         photos = [photo] if s.faces != "map" else [Path(src) for _, src in s.mapping]
-        recognizer = self.recognizer() if (s.swapper != "mesh" or s.faces == "map") else None
+        recognizer = self.recognizer() if (s.swapper != MESH or s.faces == "map") else None
         selector = FaceSelector(s.faces, self._mapping(recognizer, s) if s.faces == "map" else None)
         inner: MeshSwapper | NeuralSwapper | GpuPairSwapper
-        if s.swapper == "mesh":
+        if s.swapper == MESH:
             config = MeshSwapConfig(keep_mouth=s.keep_mouth or "mouth" in s.masks, colour=s.colour, opacity=s.opacity)
             inner = MeshSwapper([self.source_face(p)[1] for p in photos], config)
         else:
             assert recognizer is not None
             inner = self._neural(photos, recognizer, s)
         return SelectingSwapper(inner, selector, recognizer)
+
+    def _check_name(self, name: str, setting: str, builtin: tuple[str, ...] = ()) -> None:
+        """``--swapper foo`` and the like: a usage error listing the known and installed models."""
+        role = ROLES[setting]
+        known = [*builtin, *(n for n, spec in self.store.manifest.items() if spec.role == role)]
+        if name not in known:
+            installed = [n for n in known if n in builtin or self.store.is_verified(n)]
+            raise ConfigError(
+                f"--{setting} {name}: not a {role}; the {role}s are {', '.join(known)} "
+                f"(installed: {', '.join(installed) or 'none'})"
+            )
 
     def recognizer(self) -> Recognizer:
         try:
@@ -137,13 +157,13 @@ class Engine:
         points = face.points[None, :, :2] + np.asarray(face.origin, np.float32)
         return recognizer.normed(image, five_points(points))[0]
 
-    def _mapping(self, recognizer: Recognizer | None, s: Settings) -> Mapping:
+    def _mapping(self, recognizer: Recognizer | None, s: SwapSettings) -> Mapping:
         if recognizer is None:
             raise ConfigError(f"--faces map needs the ArcFace recognizer: livefuse models pull {RECOGNIZER}")
         refs = np.stack([self._identity(Path(ref), recognizer) for ref, _ in s.mapping])
         return Mapping(refs, s.map_threshold)
 
-    def _neural(self, photos: list[Path], recognizer: Recognizer, s: Settings) -> NeuralSwapper | GpuPairSwapper:
+    def _neural(self, photos: list[Path], recognizer: Recognizer, s: SwapSettings) -> NeuralSwapper | GpuPairSwapper:
         spec = self.store.spec(s.swapper)
         check_role(spec, "swapper")
         path = self.store.path(s.swapper)
@@ -181,14 +201,15 @@ class Engine:
             parser=self._stage(self._one_of("parser"), "parser", Parser) if "parser" in s.masks else None,
         )
 
-    def _gpu_path(self, model: SwapModel, latents: np.ndarray, config: NeuralConfig, s: Settings) -> GpuPairSwapper:
+    def _gpu_path(self, model: SwapModel, latents: np.ndarray, config: NeuralConfig, s: SwapSettings) -> GpuPairSwapper:
         """The swap on the GPU frame path (CUDA, TensorRT runner); closed with the engine."""
         extras = [name for name, on in (("--enhancer", s.enhancer), ("--masks occlusion/parser",
                   {"occlusion", "parser"} & s.masks)) if on]
         if extras:
             raise ConfigError(f"not on the GPU frame path yet: {', '.join(extras)}; use --frame-path cpu for them")
+        max_faces = self.settings.analysis.max_faces
         swapper = open_cuda_swapper(
-            model.runner, model.crop, latents, config, model.target_name, model.source_name, s.max_faces
+            model.runner, model.crop, latents, config, model.target_name, model.source_name, max_faces
         )
         self._stack.callback(swapper.close)
         return swapper

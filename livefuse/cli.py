@@ -7,38 +7,51 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from livefuse.config import Settings, load_settings
+from livefuse.config import (
+    OPTIONS,
+    DetectorName,
+    FaceMode,
+    FramePath,
+    MaskName,
+    RuntimeName,
+    Settings,
+    integer,
+    load_settings,
+    number,
+)
 from livefuse.errors import ConfigError, LivefuseError
 
 log = logging.getLogger("livefuse")
 
-#: Settings that every swapping command takes, as (flag, settings key, argparse kwargs).
+#: Settings that every swapping command takes, as (flag, option, argparse kwargs). No ``type``:
+#: values are parsed and range-checked once, by ``load_settings``, whatever their origin.
 _SWAP_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--source", "source", {"metavar": "FACE.jpg", "help": "photo of the face to put onto people"}),
     ("--swapper", "swapper", {"metavar": "MODEL", "help": "mesh (built in) or inswapper_128, hyperswap_1a_256, …"}),
     ("--enhancer", "enhancer", {"metavar": "MODEL", "help": "face enhancer: gfpgan_1.4, gpen_bfr_256, gpen_bfr_512"}),
-    ("--enhance-every", "enhance_every", {"type": int, "metavar": "N", "help": "enhance each face every N frames (4)"}),
-    ("--enhance-strength", "enhance_strength", {"type": float, "help": "0..1 blend of the enhanced face (0.8)"}),
-    ("--mask", "mask", {"metavar": "LIST", "help": "extra masks: occlusion,parser,mouth"}),
-    ("--faces", "faces", {"choices": ["one", "many", "map"], "help": "which faces to swap (many)"}),
+    ("--enhance-every", "enhance_every", {"metavar": "N", "help": "enhance each face every N frames (4)"}),
+    ("--enhance-strength", "enhance_strength", {"help": "0..1 blend of the enhanced face (0.8)"}),
+    ("--mask", "mask", {"metavar": "LIST", "help": f"extra masks: {','.join(get_args(MaskName))}"}),
+    ("--faces", "faces", {"choices": get_args(FaceMode), "help": "which faces to swap (many)"}),
     ("--map", "map", {"action": "append", "metavar": "REF.jpg=SRC.jpg", "help": "map mode: REF's face gets SRC's"}),
-    ("--map-threshold", "map_threshold", {"type": float, "help": "map mode: similarity needed (0.35)"}),
-    ("--sharpness", "sharpness", {"type": float, "help": "sharpen the swapped face, 0..1 (0)"}),
+    ("--map-threshold", "map_threshold", {"help": "map mode: similarity needed, -1..1 (0.35)"}),
+    ("--sharpness", "sharpness", {"help": "sharpen the swapped face, 0..4 (0)"}),
     ("--keep-mouth", "keep_mouth", {"action": "store_const", "const": True, "help": "keep the target's own mouth"}),
-    ("--opacity", "opacity", {"type": float, "help": "0..1, how fully the face is replaced (1)"}),
+    ("--opacity", "opacity", {"help": "0..1, how fully the face is replaced (1)"}),
     ("--no-colour", "colour", {"action": "store_const", "const": False, "help": "skip colour/lighting matching"}),
-    ("--detector", "detector", {"metavar": "MODEL", "help": "centerface (built in), scrfd_det_10g or yunet_2023mar"}),
-    ("--detect-every", "detect_every", {"type": int, "metavar": "K", "help": "run the detector every K frames (10)"}),
-    ("--detect-size", "detect_size", {"type": int, "metavar": "PX", "help": "detector input size, longest side (640)"}),
-    ("--max-faces", "max_faces", {"type": int, "help": "most faces swapped per frame (8)"}),
+    ("--detector", "detector", {"choices": get_args(DetectorName), "help": "face detector (centerface: built in)"}),
+    ("--detect-every", "detect_every", {"metavar": "K", "help": "run the detector every K frames, 1..1000 (10)"}),
+    ("--detect-size", "detect_size", {"metavar": "PX",
+                                      "help": "detector input size, longest side, a multiple of 32 (640)"}),
+    ("--max-faces", "max_faces", {"help": "most faces swapped per frame, 1..64 (8)"}),
     ("--no-smooth", "smooth", {"action": "store_const", "const": False, "help": "no landmark smoothing"}),
-    ("--threads", "threads", {"type": int, "help": "ONNX Runtime threads per model (1)"}),
+    ("--threads", "threads", {"help": "ONNX Runtime threads per model, 0 (its choice)..256 (1)"}),
     ("--providers", "providers", {"help": "comma-separated ONNX Runtime providers to try first"}),
-    ("--frame-path", "frame_path", {"choices": ["cpu", "gpu"],
+    ("--frame-path", "frame_path", {"choices": get_args(FramePath),
                                     "help": "gpu: keep frames on the GPU for neural swaps (TensorRT) (cpu)"}),
-    ("--runtime", "runtime", {"choices": ["auto", "cpu", "cuda", "torch", "tensorrt"],
+    ("--runtime", "runtime", {"choices": get_args(RuntimeName),
                               "help": "what runs the models: auto (the best this machine has), cpu, "
                                       "cuda (ONNX Runtime), torch or tensorrt (auto)"}),
     ("--vram-budget", "vram_budget", {"metavar": "SIZE",
@@ -62,13 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_swap_options(cam)
     cam.add_argument("--camera", default=None, help="camera index, device path or rtsp/http URL (0)")
     cam.add_argument("--size", default=None, metavar="WxH", help="requested capture size, e.g. 1280x720")
-    cam.add_argument("--fps", type=float, default=None, help="requested capture rate")
+    cam.add_argument("--fps", default=None, help="requested capture rate")
     cam.add_argument("--vcam", action="store_const", const=True, default=None, help="send to a virtual camera")
     cam.add_argument("--vcam-device", dest="vcam_device", default=None, help="virtual camera (Linux: /dev/videoN)")
     cam.add_argument("--vcam-backend", dest="vcam_backend", default=None, help="v4l2loopback, obs or unitycapture")
     cam.add_argument("--preview", action="store_const", const=True, default=None, help="show a preview window")
     cam.add_argument("--record", type=Path, default=None, metavar="OUT.mp4", help="also write the output to a file")
-    cam.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    cam.add_argument("--seconds", type=_ranged(number(0, 604800, above=True)), default=None,
+                     help="stop after this many seconds")
 
     run = commands.add_parser("run", help="swap faces in a video or image file")
     _add_swap_options(run)
@@ -101,9 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="web demo page, WHIP ingest and OBS viewers (WebRTC)")
     _add_swap_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1); others need a token")
-    serve.add_argument("--port", type=int, default=8080, help="TCP port (8080; 0 picks a free one)")
+    serve.add_argument("--port", type=_ranged(integer(0, 65535)), default=8080,
+                       help="TCP port (8080; 0 picks a free one)")
     serve.add_argument("--token", default=None, help="access token (generated and printed when --host is not local)")
-    serve.add_argument("--max-sessions", dest="max_sessions", type=int, default=4, help="concurrent streams (4)")
+    serve.add_argument("--max-sessions", dest="max_sessions", type=_ranged(integer(1, 64)), default=4,
+                       help="concurrent streams, 1..64 (4)")
     serve.add_argument("--vcam", action="store_const", const=True, default=None, help="also send to a virtual camera")
     serve.add_argument("--vcam-device", dest="vcam_device", default=None, help="virtual camera (Linux: /dev/videoN)")
     serve.add_argument("--vcam-backend", dest="vcam_backend", default=None, help="v4l2loopback, obs or unitycapture")
@@ -169,11 +185,20 @@ def _add_job_commands(commands: Any, serve: argparse.ArgumentParser) -> None:
     gateway.add_argument("--token", default=None, help="the access token (the workers' token)")
 
 
+def _ranged(parse: Callable[[Any], Any]) -> Callable[[str], Any]:
+    """A command's own (non-settings) value, checked with the settings' parsers."""
+
+    def check(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text}: {exc}") from None
+
+    return check
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    known = set(Settings.__dataclass_fields__)
-    cli = {k: v for k, v in vars(args).items() if k in known and v is not None}
-    if isinstance(cli.get("map"), list):
-        cli["map"] = ",".join(cli["map"])
+    cli = {k: v for k, v in vars(args).items() if k in OPTIONS and v is not None}
     return load_settings(cli, config=args.config)
 
 

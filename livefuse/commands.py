@@ -21,11 +21,12 @@ from livefuse.errors import ConfigError
 from livefuse.frame import Frame
 from livefuse.io.sinks import PreviewSink, VideoFileSink
 from livefuse.io.sources import open_source
+from livefuse.models.install import ModelInstaller
 from livefuse.models.store import ModelStore
 from livefuse.pipeline.metrics import RunStats
 from livefuse.pipeline.pipeline import Pipeline
 from livefuse.pipeline.stages import Sink
-from livefuse.samples import SampleStore
+from livefuse.samples import SampleStore, make_demo_clip
 
 log = logging.getLogger("livefuse")
 
@@ -34,9 +35,9 @@ DEMO_SOURCE = "biden.jpg"
 
 
 def _source_photo(settings: Settings) -> Path:
-    if not settings.source:
+    if not settings.swap.source:
         raise ConfigError("no source face: pass --source FACE.jpg (or set 'source' in the config file)")
-    return Path(settings.source).expanduser()
+    return Path(settings.swap.source).expanduser()
 
 
 def _report(stats: RunStats) -> None:
@@ -48,20 +49,21 @@ def cam(args: argparse.Namespace, settings: Settings) -> int:
     photo = _source_photo(settings)
     with Engine(settings) as engine:
         swapper = engine.swapper(photo)
-        source = open_source(settings.camera, settings.capture_size, settings.fps)
+        capture, output = settings.capture, settings.output
+        source = open_source(capture.camera, capture.size, capture.fps)
         sinks: list[Sink] = []
         stop = threading.Event()
-        if settings.vcam:
+        if output.vcam:
             from livefuse.io.vcam import VirtualCameraSink
 
-            sinks.append(VirtualCameraSink(device=settings.vcam_device, backend=settings.vcam_backend))
-        if settings.preview:
+            sinks.append(VirtualCameraSink(device=output.vcam_device, backend=output.vcam_backend))
+        if output.preview:
             sinks.append(PreviewSink(on_quit=stop.set))
         if args.record:
             sinks.append(VideoFileSink(args.record))
         if not sinks:
             raise ConfigError("nothing to output to: add --vcam, --preview and/or --record OUT.mp4")
-        pipeline = Pipeline(source, engine.tracker(), swapper, sinks, queue_size=settings.queue_size)
+        pipeline = Pipeline(source, engine.tracker(live=True), swapper, sinks, queue_size=capture.queue_size)
         stats = _run_until(pipeline, stop, args.seconds)
     _report(stats)
     return 0
@@ -154,13 +156,13 @@ def progress_printer(total: int | None, stream: TextIO = sys.stderr) -> Callable
 def demo(args: argparse.Namespace, settings: Settings) -> int:
     """Pull what is needed, swap the sample face into the sample clip, write video + still."""
     home = home_of(settings)
-    ModelStore(home).pull(log=log.info)
+    ModelInstaller(ModelStore(home)).pull(log=log.info)
     samples = SampleStore(home)
     samples.pull(log=log.info)
-    clip = samples.demo_clip()
-    photo = Path(settings.source) if settings.source else samples.path(DEMO_SOURCE)
+    clip = make_demo_clip(samples).path
+    photo = Path(settings.swap.source) if settings.swap.source else samples.path(DEMO_SOURCE)
     # The sample person smiles and talks: keeping his own mouth interior looks natural.
-    settings = replace(settings, keep_mouth=True)
+    settings = replace(settings, swap=replace(settings.swap, keep_mouth=True))
     out_dir: Path = args.output
     out_dir.mkdir(parents=True, exist_ok=True)
     video = out_dir / "demo-swapped.mp4"
@@ -195,11 +197,11 @@ def _write_side_by_side(clip: Path, index: int, swapped: np.ndarray | None, path
 def models(args: argparse.Namespace, settings: Settings) -> int:
     store = ModelStore(home_of(settings))
     if args.action == "pull":
-        for path in store.pull(args.names or None, from_dir=args.from_dir, log=log.info):
+        for path in ModelInstaller(store).pull(args.names or None, from_dir=args.from_dir, log=log.info):
             print(path)
         return 0
     if args.action == "add":
-        print(store.add(args.name, args.path))
+        print(ModelInstaller(store).add(args.name, args.path))
         return 0
     for status in store.list():
         state = "verified" if status.verified else "CORRUPT" if status.installed else "missing"
@@ -210,7 +212,7 @@ def models(args: argparse.Namespace, settings: Settings) -> int:
 def samples(args: argparse.Namespace, settings: Settings) -> int:
     store = SampleStore(home_of(settings))
     store.pull(from_dir=args.from_dir, log=log.info)
-    print(store.demo_clip())
+    print(make_demo_clip(store).path)
     return 0
 
 

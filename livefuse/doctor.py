@@ -25,7 +25,7 @@ from typing import Literal
 
 from livefuse.models.manifest import ModelSpec
 from livefuse.models.store import ModelStore
-from livefuse.runtime.engines import build_command, cc_text, default_engines_dir
+from livefuse.runtime.engine_files import build_command, cc_text, default_engines_dir
 from livefuse.runtime.providers import NVIDIA_PROC, RuntimeFacts, choose, gather_facts
 
 log = logging.getLogger(__name__)

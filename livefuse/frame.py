@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -34,9 +35,16 @@ class Frame:
     faces: Faces | None = None
     "Faces found or tracked in this frame, set by the analysis stage."
     stamps: dict[str, int] = field(default_factory=dict)
-    "Stage name → ``monotonic_ns`` when that stage finished with the frame."
+    """Stage name → ``monotonic_ns`` when that stage finished with the frame, and
+    ``<stage>:in`` → when it took the frame (the end of its wait in the queue before it)."""
     error: str | None = None
     "Kind of the error that made a stage pass this frame through untouched."
+
+    @classmethod
+    def of(cls, image: np.ndarray, index: int = 0, fps: int = 30) -> Frame:
+        """``image`` as frame ``index`` of a ``fps`` stream, captured now: for library users who
+        hand livefuse their own pictures."""
+        return cls(index, index, Fraction(1, fps), time.monotonic_ns(), image)
 
     @property
     def seconds(self) -> float:
@@ -49,6 +57,18 @@ class Frame:
         i = order.index(stage)
         start = self.capture_ns if i == 0 else self.stamps[order[i - 1]]
         return (self.stamps[stage] - start) / 1e6
+
+    def wait_work_ms(self, stage: str) -> tuple[float, float]:
+        """Milliseconds ``stage`` had the frame waiting in its queue, and working on it.
+        For ``capture`` the wait is 0 and the work is the source's ``read`` (decode or convert,
+        and for live sources the wait for the next frame)."""
+        taken, done = self.stamps.get(f"{stage}:in"), self.stamps.get(stage)
+        if taken is None or done is None:
+            return 0.0, 0.0
+        order = [s for s in STAGES if s in self.stamps]
+        i = order.index(stage)
+        before = taken if i == 0 else self.stamps[order[i - 1]]
+        return (taken - before) / 1e6, (done - taken) / 1e6
 
     def latency_ms(self) -> float:
         """Capture → output latency in milliseconds."""

@@ -15,13 +15,16 @@ Exit status: 0 all built or up to date, 1 a model failed or TensorRT/GPU is miss
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from livefuse.config import load_settings
+from livefuse.engines.build import BuildResult, build_engines
+from livefuse.engines.plan import build_parser, options_from_args
 from livefuse.errors import ConfigError, LivefuseError
-from livefuse.runtime.trt_build import BuildResult, build_engines
-from livefuse.runtime.trt_plan import build_parser, options_from_args
 
 log = logging.getLogger("livefuse")
 
@@ -34,12 +37,22 @@ def _report(results: Sequence[BuildResult]) -> None:
             print(f"{'':<20} {result.message}")
 
 
+def resolve_home(home: Path | None) -> Path | None:
+    """``--home``, else the config file's or environment's ``home`` (as the CLI reads it), else
+    None (the default home)."""
+    if home is not None:
+        return Path(home).expanduser()
+    configured = load_settings({}).runtime.home
+    return Path(configured).expanduser() if configured else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     parser.description, parser.formatter_class = __doc__, argparse.RawDescriptionHelpFormatter
     args = parser.parse_args(argv)
     try:
         options = options_from_args(args)
+        options = dataclasses.replace(options, home=resolve_home(options.home))
     except ConfigError as exc:
         parser.error(str(exc))  # usage and exit status 2, as for any other bad option
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

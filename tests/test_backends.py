@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import sys
 import types
 from collections.abc import Mapping, Sequence
@@ -15,19 +16,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from livefuse.app import Engine
+from livefuse.app import Engine, runner_options
 from livefuse.cli import build_parser
-from livefuse.config import Settings, load_settings
+from livefuse.config import load_settings
 from livefuse.errors import ConfigError
 from livefuse.models.files import sha256_file
 from livefuse.models.manifest import ModelSpec, load_manifest
-from livefuse.models.standins import make_tiny
 from livefuse.runtime.backends import RUNTIMES, RunnerFactory, RunnerOptions, ort_config, parse_runtime
 from livefuse.runtime.base import Runner, TensorSpec
-from livefuse.runtime.engines import EngineMatch, EngineRecord, batch_profiles, save_engine
+from livefuse.runtime.engine_files import EngineMatch, EngineRecord, batch_profiles, save_engine
 from livefuse.runtime.ort import OrtRunner
 from livefuse.runtime.providers import Backend, RuntimeFacts, choose, ort_trt_cache_dir
 from livefuse.runtime.torch_runner import memory_fraction
+from livefuse.testing.standins import make_tiny
 
 MODEL = "w600k_r50"
 GIB = 1 << 30
@@ -131,16 +132,16 @@ def test_runtime_and_budget_come_from_cli_environment_and_config_file(tmp_path: 
     config = tmp_path / "livefuse.toml"
     config.write_text('runtime = "cpu"\nvram_budget = "2GiB"\n')
     from_file = load_settings({}, env={}, config=config)
-    assert (from_file.runtime, from_file.vram_budget_bytes) == ("cpu", 2 * GIB)
+    assert (from_file.runtime.runtime, from_file.runtime.vram_budget) == ("cpu", 2 * GIB)
     env = {"LIVEFUSE_RUNTIME": "torch", "LIVEFUSE_VRAM_BUDGET": "4GiB"}
     from_env = load_settings({}, env=env, config=config)
-    assert (from_env.runtime, from_env.vram_budget_bytes) == ("torch", 4 * GIB)
+    assert (from_env.runtime.runtime, from_env.runtime.vram_budget) == ("torch", 4 * GIB)
     args = build_parser().parse_args(["run", "--input", "a.mp4", "--output", "b.mp4", "--runtime", "tensorrt",
                                       "--vram-budget", "6000MB"])
     from_cli = load_settings({"runtime": args.runtime, "vram_budget": args.vram_budget}, env=env, config=config)
-    assert (from_cli.runtime, from_cli.vram_budget_bytes) == ("tensorrt", 6_000_000_000)
-    assert RunnerOptions.from_settings(from_cli).runtime is Backend.TENSORRT
-    assert load_settings({"vram_budget": "0"}, env={}).vram_budget_bytes == 0  # 0: no limit
+    assert (from_cli.runtime.runtime, from_cli.runtime.vram_budget) == ("tensorrt", 6_000_000_000)
+    assert runner_options(from_cli.runtime).runtime is Backend.TENSORRT
+    assert load_settings({"vram_budget": "0"}, env={}).runtime.vram_budget == 0  # 0: no limit
 
 
 def test_cli_offers_exactly_the_known_runtimes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -156,8 +157,8 @@ def test_cli_offers_exactly_the_known_runtimes(capsys: pytest.CaptureFixture[str
 
 @pytest.mark.parametrize("text", ["6", "6G", "lots", "-1GiB", "6 GiBs", "0.0000001KB"])
 def test_bad_budget_names_the_value_and_an_example(text: str) -> None:
-    with pytest.raises(ConfigError, match=rf"vram_budget '{text}' .*6GiB"):
-        RunnerOptions.from_settings(Settings(vram_budget=text))
+    with pytest.raises(ConfigError, match=rf"--vram-budget '?{re.escape(text)}'?: .*6GiB"):
+        load_settings({"vram_budget": text}, env={})
 
 
 def test_unknown_runtime_lists_the_known_ones() -> None:
@@ -322,16 +323,16 @@ def test_engine_refuses_a_forced_runtime_this_machine_lacks(
 ) -> None:
     monkeypatch.setattr("livefuse.runtime.backends.gather_facts", lambda models, where: CPU_ONLY)
     with pytest.raises(ConfigError, match="runtime 'cuda' .*no CUDA GPU"):
-        Engine(Settings(home=str(livefuse_home), runtime="cuda"))
+        Engine(load_settings({"home": str(livefuse_home), "runtime": "cuda"}, env={}))
 
 
 def test_engine_checks_the_budget_before_loading_any_model(livefuse_home: Path) -> None:
-    with pytest.raises(ConfigError, match="vram_budget 'six gigs'"):
-        Engine(Settings(home=str(livefuse_home), vram_budget="six gigs"))
+    with pytest.raises(ConfigError, match="--vram-budget 'six gigs': is not a memory size"):
+        Engine(load_settings({"home": str(livefuse_home), "vram_budget": "six gigs"}, env={}))
 
 
 def test_engine_with_forced_cpu_runs_like_auto_on_a_cpu_machine(livefuse_home: Path) -> None:
-    with Engine(Settings(home=str(livefuse_home), runtime="cpu", vram_budget="2GiB")) as engine:
+    with Engine(load_settings({"home": str(livefuse_home), "runtime": "cpu", "vram_budget": "2GiB"}, env={})) as engine:
         assert engine.runner("centerface").provider == CPU
 
 
@@ -346,7 +347,8 @@ def _ort_cuda_works() -> bool:
 @pytest.mark.gpu
 @pytest.mark.skipif(not _ort_cuda_works(), reason="needs onnxruntime-gpu and an NVIDIA GPU")
 def test_engine_on_onnxruntime_cuda_uses_the_gpu(livefuse_home: Path) -> None:
-    with Engine(Settings(home=str(livefuse_home), runtime="cuda", vram_budget="2GiB")) as engine:
+    settings = load_settings({"home": str(livefuse_home), "runtime": "cuda", "vram_budget": "2GiB"}, env={})
+    with Engine(settings) as engine:
         assert engine.runner("centerface").provider == CUDA
 
 

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 
-from livefuse.neural.models import run_batched
 from livefuse.runtime.base import Runner, TensorSpec, is_out_of_memory
+from livefuse.swap.neural.models import run_batched
 
 #: What ONNX Runtime's CUDA arena raises when it cannot grow (an ``onnxruntime...RuntimeException``).
 ORT_OOM = ("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Conv node. "
@@ -62,7 +62,7 @@ def batch(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def test_out_of_memory_halves_the_batch_remembers_it_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
-    with Squarer(fits=3) as runner, caplog.at_level(logging.WARNING, logger="livefuse.neural.models"):
+    with Squarer(fits=3) as runner, caplog.at_level(logging.WARNING, logger="livefuse.swap.neural.models"):
         for seed in range(3):
             feeds = batch(8, seed)
             np.testing.assert_array_equal(run_batched(runner, feeds, dynamic=True), feeds["x"] ** 2)

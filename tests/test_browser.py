@@ -24,7 +24,7 @@ from playwright.async_api import Page, async_playwright
 
 from livefuse.app import Engine
 from livefuse.config import Settings
-from livefuse.web.fakecam import chromium_flags, read_counter, write_y4m
+from livefuse.testing.fakecam import chromium_flags, read_counter, write_y4m
 from tests import test_web as shared
 from tests.test_web import REPO, Image, Served, assert_swapped, assert_untouched, diff, masks, run, serving
 

@@ -137,20 +137,20 @@ def test_settings_precedence(tmp_path):
     config.write_text('detect-every = 7\nthreads = 3\nkeep_mouth = true\n')
     env = {"LIVEFUSE_THREADS": "2", "LIVEFUSE_OPACITY": "0.5"}
     settings = load_settings({"opacity": 0.8}, env=env, config=config)
-    assert settings.detect_every == 7  # file
-    assert settings.keep_mouth is True  # file
-    assert settings.threads == 2  # environment beats file
-    assert settings.opacity == 0.8  # command line beats environment
-    assert load_settings({}, env={}, config=None).detect_every == Settings().detect_every
+    assert settings.analysis.detect_every == 7  # file
+    assert settings.swap.keep_mouth is True  # file
+    assert settings.runtime.threads == 2  # environment beats file
+    assert settings.swap.opacity == 0.8  # command line beats environment
+    assert load_settings({}, env={}, config=None).analysis.detect_every == Settings().analysis.detect_every
 
 
 @pytest.mark.parametrize(
     "text, env, message",
     [
-        ("detect_every = 'often'", {}, "not a valid int"),
+        ("detect_every = 'often'", {}, 'detect_every = "often": must be an integer from 1 to 1000'),
         ("no_such_option = 1", {}, "unknown option"),
         ("threads = [", {}, "not valid TOML"),
-        ("", {"LIVEFUSE_SMOOTH": "maybe"}, "not a valid bool"),
+        ("", {"LIVEFUSE_SMOOTH": "maybe"}, "LIVEFUSE_SMOOTH=maybe: must be true or false"),
     ],
 )
 def test_bad_settings_name_the_problem(tmp_path, text, env, message):

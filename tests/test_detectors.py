@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from livefuse.face.detectors import ScrfdDetector, YunetDetector
-from livefuse.neural.crop import CropSpec
+from livefuse.geometry.crop import CropSpec
 from livefuse.runtime.base import Runner, TensorSpec
 
 

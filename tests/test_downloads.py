@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 
 from livefuse.errors import ModelError
-from livefuse.models import standins
 from livefuse.models.download import HttpOptions
 from livefuse.models.files import sha256_bytes
+from livefuse.models.install import ModelInstaller
 from livefuse.models.manifest import ModelSpec, UrlSource, load_manifest
 from livefuse.models.store import PARTIAL_DIR, ModelStore
+from livefuse.testing import standins
 
 MANIFEST = load_manifest()
 FAST = HttpOptions(timeout_s=5.0, retries=2, backoff_s=0.0, chunk_bytes=64 * 1024)
@@ -117,7 +118,11 @@ def _served(spec: ModelSpec, site: Site, data: bytes, sha256: str | None = None)
 
 def _store(tmp_path: Path, *specs: ModelSpec) -> ModelStore:
     manifest = {**MANIFEST, **{s.name: s for s in specs}}
-    return ModelStore(tmp_path / "home", manifest, http=FAST)
+    return ModelStore(tmp_path / "home", manifest)
+
+
+def _installer(store: ModelStore) -> ModelInstaller:
+    return ModelInstaller(store, http=FAST)
 
 
 def _partial(store: ModelStore) -> list[str]:
@@ -140,7 +145,7 @@ def test_download_installs_the_verified_file(
     store = _store(tmp_path, spec)
     messages: list[str] = []
     seen: list[tuple[int, int | None]] = []
-    paths = store.pull(["inswapper_128"], log=messages.append, progress=lambda d, t: seen.append((d, t)))
+    paths = _installer(store).pull(["inswapper_128"], log=messages.append, progress=lambda d, t: seen.append((d, t)))
     assert paths == [store.path("inswapper_128")]
     assert paths[0].read_bytes() == payloads["inswapper_128"]
     assert _installed(store) == ["inswapper_128.onnx"] and _partial(store) == []
@@ -148,7 +153,7 @@ def test_download_installs_the_verified_file(
     assert seen[-1] == (size, size) and len(seen) > 1
     assert any("downloading" in m for m in messages) and any("installed" in m for m in messages)
     assert site.requests == [("/models/inswapper_128.onnx", None)]
-    assert store.pull(["inswapper_128"]) == paths and len(site.requests) == 1  # nothing to do
+    assert _installer(store).pull(["inswapper_128"]) == paths and len(site.requests) == 1  # nothing to do
 
 
 def test_a_cut_transfer_resumes_with_a_range_request(
@@ -158,7 +163,7 @@ def test_a_cut_transfer_resumes_with_a_range_request(
     site.behaviour["/models/inswapper_128.onnx"] = "cut-once"
     store = _store(tmp_path, spec)
     messages: list[str] = []
-    store.pull(["inswapper_128"], log=messages.append)
+    _installer(store).pull(["inswapper_128"], log=messages.append)
     half = len(payloads["inswapper_128"]) // 2
     assert [r for _, r in site.requests] == [None, f"bytes={half}-"]
     assert store.path("inswapper_128").read_bytes() == payloads["inswapper_128"]
@@ -175,7 +180,7 @@ def test_a_part_left_by_an_interrupted_run_is_continued(
     part = store.models_dir / PARTIAL_DIR / "w600k_r50.onnx.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(data[:1000])
-    store.pull(["w600k_r50"])
+    _installer(store).pull(["w600k_r50"])
     assert site.requests == [("/models/w600k_r50.onnx", "bytes=1000-")]
     assert store.path("w600k_r50").read_bytes() == data
     assert not part.exists()
@@ -192,7 +197,7 @@ def test_a_server_that_ignores_range_restarts_cleanly(
     part.parent.mkdir(parents=True)
     part.write_bytes(b"garbage that must not stay in front of the file")
     messages: list[str] = []
-    store.pull(["w600k_r50"], log=messages.append)
+    _installer(store).pull(["w600k_r50"], log=messages.append)
     assert store.path("w600k_r50").read_bytes() == data  # appended garbage would break the hash
     assert any("does not resume" in m for m in messages)
 
@@ -205,7 +210,7 @@ def test_pull_from_dir_takes_a_url_model_from_files(
     offline.mkdir()
     (offline / "w600k_r50.onnx").write_bytes(payloads["w600k_r50"])
     store = _store(tmp_path, spec)
-    assert store.pull(["w600k_r50"], from_dir=offline) == [store.path("w600k_r50")]
+    assert _installer(store).pull(["w600k_r50"], from_dir=offline) == [store.path("w600k_r50")]
     assert site.requests == []
 
 
@@ -220,7 +225,7 @@ def test_a_download_that_keeps_stopping_short_is_reported_and_kept(
     site.behaviour["/models/inswapper_128.onnx"] = "cut-always"
     store = _store(tmp_path, spec)
     with pytest.raises(ModelError) as err:
-        store.pull(["inswapper_128"])
+        _installer(store).pull(["inswapper_128"])
     message = str(err.value)
     assert "'inswapper_128'" in message and "stopped at" in message
     assert f"{len(data) / 1e6:.1f} MB" in message  # how far it should have gone
@@ -239,7 +244,7 @@ def test_a_wrong_hash_deletes_the_download(
     spec = _served(MANIFEST["w600k_r50"], site, payloads["w600k_r50"], sha256=pinned)
     store = _store(tmp_path, spec)
     with pytest.raises(ModelError) as err:
-        store.pull(["w600k_r50"])
+        _installer(store).pull(["w600k_r50"])
     message = str(err.value)
     got = sha256_bytes(payloads["w600k_r50"])
     assert f"sha256 {got[:12]}... but {pinned[:12]}... is pinned" in message
@@ -255,7 +260,7 @@ def test_http_errors_name_the_status_url_and_the_manual_route(
     site.behaviour["/models/w600k_r50.onnx"] = f"status:{status}"
     store = _store(tmp_path, spec)
     with pytest.raises(ModelError) as err:
-        store.pull(["w600k_r50"])
+        _installer(store).pull(["w600k_r50"])
     message = str(err.value)
     assert f"HTTP {status}" in message and f"{site.base}/models/w600k_r50.onnx" in message
     assert "livefuse models add w600k_r50 PATH" in message
@@ -267,7 +272,7 @@ def test_an_unreachable_server_is_a_clear_error(tmp_path: Path, payloads: dict[s
         spec = _served(MANIFEST["w600k_r50"], gone, payloads["w600k_r50"])
     store = _store(tmp_path, spec)  # the server is shut down now
     with pytest.raises(ModelError, match=r"cannot reach http://127\.0\.0\.1.*models add"):
-        store.pull(["w600k_r50"])
+        _installer(store).pull(["w600k_r50"])
 
 
 def test_a_published_file_that_breaks_the_contract_is_not_installed(
@@ -277,7 +282,7 @@ def test_a_published_file_that_breaks_the_contract_is_not_installed(
     spec = _served(MANIFEST["inswapper_128"], site, payloads["w600k_r50"])
     store = _store(tmp_path, spec)
     with pytest.raises(ModelError) as err:
-        store.pull(["inswapper_128"])
+        _installer(store).pull(["inswapper_128"])
     message = str(err.value)
     assert "its inputs are" in message and "report this bug" in message
     assert _installed(store) == [] and _partial(store) == []
@@ -287,7 +292,7 @@ def test_an_unpinned_model_is_never_downloaded(tmp_path: Path, site: Site) -> No
     spec = _served(MANIFEST["w600k_r50"], site, b"whatever", sha256="")
     store = _store(tmp_path, spec)
     with pytest.raises(ModelError) as err:
-        store.pull(["w600k_r50"])
+        _installer(store).pull(["w600k_r50"])
     message = str(err.value)
     assert "no trustworthy sha256" in message and "livefuse models add w600k_r50 PATH" in message
     assert site.requests == []

@@ -13,7 +13,7 @@ import pytest
 
 from livefuse.errors import EngineMismatch
 from livefuse.models.manifest import ModelSpec, load_manifest
-from livefuse.runtime.engines import (
+from livefuse.runtime.engine_files import (
     EngineKey,
     EngineRecord,
     EngineTensor,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from livefuse.app import Engine
-from livefuse.config import Settings
+from livefuse.config import load_settings
 from livefuse.errors import NoFaceError, SourceError
 from livefuse.swap.source import analyse_source, read_image
 from tests.helpers import frame_of
@@ -29,7 +29,7 @@ OBAMA_FACE = ((368, 86, 619, 433), (435, 215), (560, 210))
 
 @pytest.fixture(scope="module")
 def engine(livefuse_home):
-    with Engine(Settings(threads=2, home=str(livefuse_home))) as e:
+    with Engine(load_settings({"threads": 2, "home": str(livefuse_home)}, env={})) as e:
         yield e
 
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from livefuse.faces import Faces
-from livefuse.gpu import emulate
-from livefuse.gpu.kernels import BLOCK, ArgPack, grid_for
-from livefuse.gpu.path import GpuSwapPath, ModelIO
 from livefuse.runtime.ort import OrtRunner
+from livefuse.swap.gpu.kernels import BLOCK, ArgPack, grid_for
+from livefuse.swap.gpu.path import GpuSwapPath, ModelIO
+from livefuse.testing import emulate
 from tests.helpers import cuda_gpus, small_swap_model
 from tests.test_gpu_kernels import MATRICES, input_format, scene, spec_for
 from tests.test_gpu_path import CONFIG, LATENTS, PAIRS, PLACES, SPEC, H, S, W, faces_at, make_path
@@ -27,8 +27,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(cuda_gpus() == 0, reason="need
 
 @pytest.fixture(scope="module")
 def gpu() -> Iterator[Any]:
-    from livefuse.gpu.launch import CudaKernels
     from livefuse.runtime.cuda import CudaDevice
+    from livefuse.swap.gpu.launch import CudaKernels
 
     device = CudaDevice(0)
     with CudaKernels(0) as kernels:

@@ -1,4 +1,4 @@
-"""The GPU frame path's kernels (livefuse/gpu/kernels.cu) against the CPU path.
+"""The GPU frame path's kernels (livefuse/swap/gpu/kernels.cu) against the CPU path.
 
 On machines without a GPU the kernels run through the C++ emulator (the same source, every
 thread in turn); where cuda-python's NVRTC is installed the source is also compiled for each
@@ -15,13 +15,13 @@ import cv2
 import numpy as np
 import pytest
 
-from livefuse.gpu import emulate
-from livefuse.gpu.kernels import BLOCK, MOMENTS, ArgPack, InputFormat, OutputFormat, grid_for
-from livefuse.neural import align
-from livefuse.neural.crop import CropSpec
-from livefuse.neural.swapper import box_mask
+from livefuse.geometry import align
+from livefuse.geometry.crop import CropSpec
 from livefuse.scratch import Scratch
 from livefuse.swap.blend import colour_transfer, transfer_from_sums
+from livefuse.swap.gpu.kernels import BLOCK, MOMENTS, ArgPack, InputFormat, OutputFormat, grid_for
+from livefuse.swap.neural.swapper import box_mask
+from livefuse.testing import emulate
 
 TEMPLATE = np.array([[0.34, 0.46], [0.66, 0.46], [0.5, 0.64], [0.37, 0.82], [0.63, 0.82]], np.float32)
 
@@ -263,7 +263,7 @@ HAS_NVRTC = importlib.util.find_spec("cuda") is not None and importlib.util.find
 @pytest.mark.skipif(not HAS_NVRTC, reason="cuda-python is not installed (pip install 'livefuse[cuda]')")
 @pytest.mark.parametrize("arch", ["sm_75", "sm_80", "sm_86", "sm_89", "sm_90"])
 def test_nvrtc_compiles_the_kernels_for_each_gpu_generation(arch: str) -> None:
-    from livefuse.gpu.nvrtc import compile_kernels
+    from livefuse.swap.gpu.nvrtc import compile_kernels
 
     cubin = compile_kernels(arch)
     assert cubin[:4] == b"\x7fELF"  # device code, not an error text

@@ -1,4 +1,4 @@
-"""The GPU-resident frame path (livefuse/gpu/path.py) against the CPU neural swapper.
+"""The GPU-resident frame path (livefuse/swap/gpu/path.py) against the CPU neural swapper.
 
 Here it runs on the kernel emulator and host memory (HostDevice): the ring, the slot layout,
 the one upload and one download, the batched model call on device buffers, the paste boxes
@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from livefuse.faces import Faces
-from livefuse.gpu import emulate
-from livefuse.gpu.path import GpuSwapPath, ModelIO
-from livefuse.gpu.swapper import GpuPairSwapper, model_io
-from livefuse.neural.models import SwapModel
-from livefuse.neural.swapper import NeuralConfig, NeuralSwapper
 from livefuse.runtime.ort import OrtRunner
+from livefuse.swap.gpu.path import GpuSwapPath, ModelIO
+from livefuse.swap.gpu.swapper import GpuPairSwapper, model_io
+from livefuse.swap.neural.models import SwapModel
+from livefuse.swap.neural.swapper import NeuralConfig, NeuralSwapper
+from livefuse.testing import emulate
 from tests.helpers import small_swap_model
 from tests.test_gpu_kernels import TEMPLATE, face_matrix, scene, spec_for
 
@@ -279,8 +279,8 @@ def test_a_fixed_batch_model_gets_one_call_per_face(runner: OrtRunner, library: 
 def test_the_mesh_outline_mask_is_drawn_straight_into_the_slot() -> None:
     """With mesh landmarks the path writes face_mask into the upload buffer (out=): the same
     mask the CPU swapper makes as a new array."""
-    from livefuse.neural.swapper import box_mask, face_mask
     from livefuse.scratch import Scratch
+    from livefuse.swap.neural.swapper import box_mask, face_mask
 
     faces = faces_at(PLACES[:1])
     angles = np.linspace(0, 2 * np.pi, 468, endpoint=False)

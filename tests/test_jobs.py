@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jobs_helpers import REPO, livefuse_env, make_clip, read_video, serving, wait_state
 
-from livefuse.config import Settings
+from livefuse.config import RuntimeSettings, Settings, SwapSettings
 from livefuse.errors import ConfigError
 from livefuse.jobs.client import JobApiError, JobsClient
 from livefuse.jobs.files import JobFiles
@@ -260,11 +260,11 @@ def test_store_lists_pages_claims_and_expires(tmp_path: Path) -> None:
 
 
 def test_job_options_go_through_the_settings_loader() -> None:
-    base = Settings(keep_mouth=False)
-    assert job_settings(base, {"keep-mouth": True}).keep_mouth is True
-    assert job_settings(base, {"no_colour": True}).colour is False
-    assert job_settings(base, {"opacity": "0.5"}).opacity == 0.5
-    for bad, words in (({"opacity": "lots"}, "not a valid float"), ({"source": "x.jpg"}, "not one a job"),
+    base = Settings(swap=SwapSettings(keep_mouth=False))
+    assert job_settings(base, {"keep-mouth": True}).swap.keep_mouth is True
+    assert job_settings(base, {"no_colour": True}).swap.colour is False
+    assert job_settings(base, {"opacity": "0.5"}).swap.opacity == 0.5
+    for bad, words in (({"opacity": "lots"}, "must be a number from 0 to 1"), ({"source": "x.jpg"}, "not one a job"),
                        ({"faces": "map"}, "reference photos"), ({"mask": "nose"}, "unknown mask")):
         with pytest.raises(ConfigError, match=words):
             job_settings(base, bad)
@@ -289,7 +289,7 @@ def test_runner_cancels_within_a_frame_and_yields_to_live_work(
     shutil.copy(clips["short"], tmp_path / "target.mp4")
     paths = JobPaths.in_dir(tmp_path, "source.jpg", "target.mp4")
     reports: list[Progress] = []
-    with Engine(Settings(home=str(livefuse_home))) as engine:
+    with Engine(Settings(runtime=RuntimeSettings(home=livefuse_home))) as engine:
         with pytest.raises(JobCancelled):
             run_job(engine, engine.settings, paths, reports.append, lambda: len(reports) > 0)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["source.jpg", "target.mp4"]

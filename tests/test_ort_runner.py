@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from livefuse.models.standins import make_tiny
 from livefuse.runtime.ort import BoundTensor, OrtRunner, choose_providers, cuda_provider_options
+from livefuse.testing.standins import make_tiny
 
 CUDA, TRT, CPU = "CUDAExecutionProvider", "TensorrtExecutionProvider", "CPUExecutionProvider"
 MODEL, INPUT, OUTPUT = "w600k_r50", "input.1", "683"

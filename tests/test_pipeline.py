@@ -166,6 +166,21 @@ def test_stats_and_summary_line() -> None:
         assert part in line
 
 
+def test_budget_shows_where_the_milliseconds_go() -> None:
+    # File mode: a 20 ms swap is the bottleneck, so frames queue in front of it, not elsewhere.
+    stats = Pipeline(CounterSource(n=30), FakeAnalyzer(), MarkingSwapper(sleep_s=0.020), [NullSink()]).run()
+    budget = stats.budget
+    assert set(budget) == {"capture", "analyze", "swap", "output"}
+    assert set(budget["swap"]) == {"wait_p50", "wait_p95", "work_p50", "work_p95"}
+    assert 19 <= budget["swap"]["work_p50"] < 60, budget
+    assert budget["analyze"]["work_p50"] < 10 and budget["output"]["work_p50"] < 10, budget
+    assert budget["swap"]["wait_p50"] > 10, budget  # the back-pressure queue holds frames for it
+    assert budget["capture"]["wait_p95"] == 0.0
+    # Each frame's parts add up to its latency.
+    frame_parts = sum(b["work_p50"] + b["wait_p50"] for b in budget.values())
+    assert frame_parts == pytest.approx(stats.latency_p50_ms + budget["capture"]["work_p50"], rel=0.5)
+
+
 def test_on_frame_sees_every_frame_before_its_slot_is_reused() -> None:
     seen: list[int] = []
     Pipeline(

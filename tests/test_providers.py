@@ -10,8 +10,7 @@ from types import MappingProxyType
 import pytest
 
 from livefuse.models.manifest import load_manifest
-from livefuse.models.standins import make_tiny
-from livefuse.runtime.engines import EngineRecord, batch_profiles, save_engine
+from livefuse.runtime.engine_files import EngineRecord, batch_profiles, save_engine
 from livefuse.runtime.providers import (
     Backend,
     RuntimeFacts,
@@ -20,6 +19,7 @@ from livefuse.runtime.providers import (
     gather_facts,
     ort_trt_cache_dir,
 )
+from livefuse.testing.standins import make_tiny
 
 ENGINE = Path("engines/inswapper_128-a290273ed497-trt10.3.0-sm90-fp16.engine")
 

@@ -18,7 +18,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from livefuse.runtime.ring import Event, PinnedRing, RingClosed, Slot, SlotState, Stream
+from livefuse.runtime.device import Event, Stream
+from livefuse.swap.gpu.ring import PinnedRing, RingClosed, Slot, SlotState
 from tests.helpers import cuda_gpus
 
 # --------------------------------------------------------------------------- fakes

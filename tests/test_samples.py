@@ -14,7 +14,7 @@ import pytest
 
 from livefuse.errors import SampleError
 from livefuse.models.files import sha256_file
-from livefuse.samples import DemoClip, SampleStore, load_catalog
+from livefuse.samples import DemoClip, SampleStore, load_catalog, make_demo_clip
 
 CATALOG = load_catalog()
 
@@ -114,6 +114,6 @@ def test_demo_json_records_segments_and_faces(demo_clip: DemoClip) -> None:
             assert 0 <= x1 < x2 <= 1280 and 0 <= y1 < y2 <= 720
 
 
-def test_store_hands_out_the_demo_clip_path(sample_store: SampleStore, demo_clip: DemoClip) -> None:
-    assert sample_store.demo_clip() == demo_clip.path
+def test_the_current_demo_clip_is_handed_out_not_rendered_again(sample_store: SampleStore, demo_clip: DemoClip) -> None:
+    assert make_demo_clip(sample_store).path == demo_clip.path
     assert DemoClip.load(demo_clip.path.with_name("demo.json")) == demo_clip

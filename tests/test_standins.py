@@ -14,10 +14,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from livefuse.models import standins
 from livefuse.models.files import sha256_file
+from livefuse.models.install import ModelInstaller
 from livefuse.models.manifest import MANIFEST_ENV, ModelSpec, load_manifest
 from livefuse.models.store import ModelStore
+from livefuse.testing import standins
 
 MANIFEST = load_manifest()
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +73,7 @@ def test_tiny_stand_in_has_the_records_interface(
     assert path.stat().st_size < limit
     # The store's own contract check (names, order, dims, dtypes, emap) accepts it.
     store = ModelStore(tmp_path, standins.pinned_manifest({name: path}))
-    assert store.add(name, path) == store.path(name)
+    assert ModelInstaller(store).add(name, path) == store.path(name)
     model = onnx.load(str(path))
     declared = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
                 for v in (*model.graph.input, *model.graph.output)}
@@ -135,7 +136,7 @@ def test_pinned_manifest_file_works_through_the_environment(
     store = ModelStore(tmp_path / "home")
     assert store.spec("inswapper_128").sha256 == sha256_file(tiny["inswapper_128"])
     assert store.spec("hyperswap_1a_256") == MANIFEST["hyperswap_1a_256"]  # the others unchanged
-    store.add("inswapper_128", tiny["inswapper_128"])
+    ModelInstaller(store).add("inswapper_128", tiny["inswapper_128"])
     assert store.is_verified("inswapper_128")
 
 
@@ -227,7 +228,7 @@ def test_the_faithful_inswapper_file_runs(tmp_path: Path) -> None:
     path = standins.make_faithful("inswapper_128", tmp_path)
     assert 553e6 < path.stat().st_size < 556e6
     store = ModelStore(tmp_path / "home", standins.pinned_manifest({"inswapper_128": path}))
-    store.add("inswapper_128", path)
+    ModelInstaller(store).add("inswapper_128", path)
     output = _session(path).run(None, _feeds(MANIFEST["inswapper_128"], 0))[0]
     assert output.shape == (1, 3, 128, 128) and 0 <= output.min() and output.max() <= 1
 

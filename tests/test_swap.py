@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from livefuse.app import Engine
-from livefuse.config import Settings
+from livefuse.config import load_settings
 from livefuse.face.topology import MOUTH_INNER
 from livefuse.swap.mesh import MeshSwapConfig, MeshSwapper
 from tests.helpers import frame_of, hull_mask, oval_mask, texture_similarity, unwrapped
@@ -15,7 +15,7 @@ from tests.helpers import frame_of, hull_mask, oval_mask, texture_similarity, un
 
 @pytest.fixture(scope="module")
 def engine(livefuse_home):
-    with Engine(Settings(threads=2, home=str(livefuse_home))) as e:
+    with Engine(load_settings({"threads": 2, "home": str(livefuse_home)}, env={})) as e:
         yield e
 
 

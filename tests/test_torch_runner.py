@@ -15,8 +15,8 @@ import pytest
 
 from livefuse.errors import ConfigError, ModelError
 from livefuse.models.manifest import load_manifest
-from livefuse.models.standins import STANDIN_NAMES, make_tiny
 from livefuse.runtime.ort import OrtRunner
+from livefuse.testing.standins import STANDIN_NAMES, make_tiny
 
 _KEEP: list[object] = []  # keeps the torch.library object below alive for the session
 

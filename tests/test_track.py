@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from livefuse.app import Engine
-from livefuse.config import Settings
+from livefuse.config import load_settings
 from livefuse.face.mesh import roi_from_detection, roi_from_landmarks
 from tests.helpers import frame_of
 
@@ -17,7 +17,7 @@ DETECT_EVERY = 10
 
 @pytest.fixture(scope="module")
 def engine(livefuse_home):
-    with Engine(Settings(threads=2, home=str(livefuse_home), detect_every=DETECT_EVERY)) as e:
+    with Engine(load_settings({"threads": 2, "home": str(livefuse_home), "detect_every": DETECT_EVERY}, env={})) as e:
         yield e
 
 
@@ -111,3 +111,119 @@ def test_still_face_does_not_jitter(engine, livefuse_home):
             pts.append(tracker.analyze(frame_of(noisy, i)).landmarks[0, :, :2])
         runs[smooth] = np.linalg.norm(np.diff(np.array(pts[10:]), axis=0), axis=2).mean()
     assert runs[True] < 0.5 * runs[False], runs
+
+
+# -- live: the detector beside the tracker ----------------------------------------------------------
+
+#: A detector slowed down this much makes its frames stand out from the tracker's few ms.
+SLOW_DETECT_S = 0.3
+
+
+class SlowDetector:
+    """The real detector, plus a fixed delay: the frames that wait for it are obvious."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.started_at: list[float] = []
+        self.done_at: list[float] = []
+
+    @property
+    def calls(self) -> int:
+        return self.inner.calls
+
+    def detect(self, image: np.ndarray):
+        import time
+
+        self.started_at.append(time.monotonic())
+        time.sleep(SLOW_DETECT_S)
+        found = self.inner.detect(image)
+        self.done_at.append(time.monotonic())
+        return found
+
+
+def clip_frames(livefuse_home, start: int, count: int) -> list[np.ndarray]:
+    from livefuse.samples import DemoClip
+
+    clip = DemoClip.load(livefuse_home / "samples" / "demo.json")
+    cap = cv2.VideoCapture(str(clip.path))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+    frames = [cap.read()[1] for _ in range(count)]
+    cap.release()
+    return frames
+
+
+def run_paced(
+    tracker, frames: list[np.ndarray], fps: float = 30.0, starts: list[float] | None = None
+) -> tuple[list[float], list[int]]:
+    """Feed ``frames`` at ``fps`` as a camera would; each frame's analyze time (s) and face count
+    (and, into ``starts``, when each frame's analysis began)."""
+    import time
+
+    times, counts = [], []
+    next_at = time.monotonic()
+    for index, image in enumerate(frames):
+        t0 = time.monotonic()
+        if starts is not None:
+            starts.append(t0)
+        counts.append(len(tracker.analyze(frame_of(image, index))))
+        times.append(time.monotonic() - t0)
+        next_at += 1 / fps
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    return times, counts
+
+
+def test_live_frames_never_wait_for_the_detector(engine, livefuse_home) -> None:
+    import threading
+
+    from livefuse.face.track import FaceTracker, TrackerConfig
+
+    frames = clip_frames(livefuse_home, 30, 60)
+    slow = SlowDetector(engine.detector())
+    inline = FaceTracker(slow, engine.landmarker(), TrackerConfig(detect_every=DETECT_EVERY))
+    inline_times, _ = run_paced(inline, frames[:12])
+    assert max(inline_times) >= SLOW_DETECT_S  # inline, the detector's frames wait for it
+
+    detector = SlowDetector(engine.detector())
+    live = FaceTracker(detector, engine.landmarker(), TrackerConfig(detect_every=DETECT_EVERY, background=True))
+    starts: list[float] = []
+    times, counts = run_paced(live, frames, starts=starts)
+    assert max(times) < SLOW_DETECT_S, max(times)  # no frame waited for a detection
+    # The face appears on the first frame analysed after the first detection came back, then stays.
+    first = counts.index(1)
+    assert first == next(i for i, t in enumerate(starts) if t > detector.done_at[0]), (counts, starts)
+    assert counts[first:].count(1) >= 0.95 * len(counts[first:]), counts
+    assert live.detector_calls >= 3  # it kept re-detecting at its own pace
+    live.close()
+    assert not [t for t in threading.enumerate() if t.name == "livefuse-detect"]
+
+
+def test_live_tracker_finds_a_face_that_enters(engine, livefuse_home) -> None:
+    from livefuse.face.track import FaceTracker, TrackerConfig
+
+    clip = clip_frames(livefuse_home, 385, 20)  # two faces, then the face-free segment
+    blank = [np.zeros_like(clip[0])] * 10
+    entering = clip_frames(livefuse_home, 100, 60)
+    detector = SlowDetector(engine.detector())
+    tracker = FaceTracker(detector, engine.landmarker(), TrackerConfig(detect_every=5, background=True))
+    starts: list[float] = []
+    _, counts = run_paced(tracker, blank + entering, starts=starts)
+    assert counts[:10] == [0] * 10
+    # The face is found at the latest by the first detection that started after it entered
+    # (one frame of margin for the thread's wake-up), from the first frame analysed after that
+    # detection came back; the detector runs again as soon as it is free (due every 5 frames).
+    first_after = next(k for k, t in enumerate(detector.started_at) if t > starts[11])
+    found = next(i for i, t in enumerate(starts) if t > detector.done_at[first_after])
+    assert 1 in counts and counts.index(1) <= found and counts[found] == 1, (counts, found)
+    tracker.close()
+    assert clip  # the clip's end was readable (the segments this test relies on exist)
+
+
+def test_file_mode_gives_the_same_faces_every_time(engine, livefuse_home) -> None:
+    frames = clip_frames(livefuse_home, 280, 40)  # one face, then two: detections and new tracks
+
+    def landmarks() -> list[np.ndarray]:
+        tracker = engine.tracker()
+        return [tracker.analyze(frame_of(image, i)).landmarks for i, image in enumerate(frames)]
+
+    first, second = landmarks(), landmarks()
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from livefuse.engines.build import build_engines, load_timing_cache
+from livefuse.engines.plan import BuildOptions
 from livefuse.errors import ConfigError, EngineError, ModelError
 from livefuse.models.files import sha256_file
-from livefuse.models.standins import make_tiny, pinned_manifest
 from livefuse.models.store import ModelStore
-from livefuse.runtime.engines import find_engine
-from livefuse.runtime.trt_build import build_engines, import_tensorrt, load_timing_cache
-from livefuse.runtime.trt_plan import BuildOptions, GpuInfo
+from livefuse.runtime.engine_files import find_engine
+from livefuse.runtime.trt_env import GpuInfo, import_tensorrt
+from livefuse.testing.standins import make_tiny, pinned_manifest
 from tests.trt_fakes import FakeConfig, FakeTrt, adain_model, write_model
 
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", (9, 0))
@@ -175,7 +176,7 @@ def test_missing_tensorrt_says_how_to_install_it() -> None:
 def test_no_gpu_is_named_before_anything_is_built() -> None:
     pytest.importorskip("cuda.bindings", reason="cuda-python is not installed")
     from livefuse.runtime import cuda
-    from livefuse.runtime.trt_build import local_gpu
+    from livefuse.runtime.trt_env import local_gpu
 
     if cuda.probe().gpus:
         pytest.skip("this machine has a GPU")

@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from livefuse.engines.build import build_engines
+from livefuse.engines.plan import BuildOptions
+from livefuse.engines.precision import owner_node
 from livefuse.errors import ConfigError
 from livefuse.models.files import sha256_file
 from livefuse.models.manifest import load_manifest
-from livefuse.models.standins import make_tiny, pinned_manifest
 from livefuse.models.store import ModelStore
 from livefuse.runtime.ort import OrtRunner
-from livefuse.runtime.precision import owner_node
 from livefuse.runtime.trt import TrtRunner
-from livefuse.runtime.trt_build import build_engines
-from livefuse.runtime.trt_plan import BuildOptions
+from livefuse.testing.standins import make_tiny, pinned_manifest
 from tests.trt_fakes import ADAIN_FP32, adain_model, write_model
 
 

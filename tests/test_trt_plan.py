@@ -14,11 +14,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from livefuse.errors import ConfigError, EngineError
-from livefuse.models.manifest import load_manifest
-from livefuse.models.standins import faithful_model, make_tiny, tiny_model
-from livefuse.runtime.engines import EngineRecord, EngineTensor, InputProfile
-from livefuse.runtime.precision import (
+from livefuse.engines.plan import (
+    BuildOptions,
+    build_parser,
+    input_profiles,
+    make_record,
+    options_from_args,
+    plan_model,
+    timing_cache_path,
+)
+from livefuse.engines.precision import (
     ADAIN,
     INSTANCE_NORM_DECOMPOSED,
     computes_in_fp16,
@@ -27,17 +32,11 @@ from livefuse.runtime.precision import (
     owner_node,
     trt_node_name,
 )
-from livefuse.runtime.trt_plan import (
-    BuildOptions,
-    GpuInfo,
-    build_parser,
-    input_profiles,
-    make_record,
-    options_from_args,
-    plan_model,
-    timing_cache_path,
-    trt_version,
-)
+from livefuse.errors import ConfigError, EngineError
+from livefuse.models.manifest import load_manifest
+from livefuse.runtime.engine_files import EngineRecord, EngineTensor, InputProfile
+from livefuse.runtime.trt_env import GpuInfo, trt_version
+from livefuse.testing.standins import faithful_model, make_tiny, tiny_model
 from tests.trt_fakes import ADAIN_FP32, adain_model
 
 MANIFEST = load_manifest()

@@ -14,7 +14,7 @@ import pytest
 
 from livefuse.errors import ConfigError, EngineError, EngineMismatch, LivefuseError
 from livefuse.models.manifest import load_manifest
-from livefuse.runtime.engines import EngineRecord, InputProfile, build_command, save_engine
+from livefuse.runtime.engine_files import EngineRecord, InputProfile, build_command, save_engine
 from livefuse.runtime.trt import TrtRunner
 from tests.trt_fakes import FakeGpu, FakeMemory, FakeTrt
 

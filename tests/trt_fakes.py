@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from livefuse.runtime.precision import trt_node_name
+from livefuse.engines.precision import trt_node_name
 
 FLOAT32, FLOAT16 = np.dtype("float32"), np.dtype("float16")
 

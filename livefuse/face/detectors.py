@@ -8,7 +8,7 @@ import numpy as np
 
 from livefuse.face.detect import nms
 from livefuse.faces import Faces
-from livefuse.neural.crop import CropSpec
+from livefuse.geometry.crop import CropSpec
 from livefuse.runtime.base import Runner
 
 STRIDES = (8, 16, 32)

@@ -29,7 +29,7 @@ class Roi:
     def to_crop(self) -> np.ndarray:
         """2×3 affine matrix mapping frame pixels into the model's crop."""
         m = cv2.getRotationMatrix2D((self.cx, self.cy), np.degrees(self.angle), CROP / self.size)
-        m[:, 2] += (CROP / 2 - self.cx, CROP / 2 - self.cy)
+        m[:, 2] += np.array([CROP / 2 - self.cx, CROP / 2 - self.cy])
         return m
 
 

@@ -1,5 +1,10 @@
 """Face tracking: the detector runs every K frames or when a track is lost; in between
-each track's crop is re-centred from its own previous landmarks."""
+each track's crop is re-centred from its own previous landmarks.
+
+For files the detector runs inline, so the same input always gives the same output. For live
+video (``TrackerConfig.background``) it runs beside the tracker in its own thread
+(:mod:`livefuse.face.background`), and its boxes are reconciled when they are ready.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from livefuse.face.background import BackgroundDetector
 from livefuse.face.detect import Detector
 from livefuse.face.mesh import MeshLandmarker, Roi, roi_from_detection, roi_from_landmarks
 from livefuse.face.smooth import OneEuroFilter
@@ -30,6 +36,8 @@ class TrackerConfig:
     "A track the detector misses this many rounds in a row ends."
     max_faces: int = 8
     smooth: bool = True
+    background: bool = False
+    "Detect in a thread of its own on the newest frame (live video): no frame waits for it."
 
 
 @dataclass(slots=True)
@@ -79,6 +87,7 @@ class FaceTracker:
         self.frames = 0
         self._since_detect = config.detect_every  # detect on the first frame
         self._redetect = False
+        self._background = BackgroundDetector(detector) if config.background else None
 
     @property
     def detector_calls(self) -> int:
@@ -88,6 +97,13 @@ class FaceTracker:
         """Drop every track (a new scene or source)."""
         self.tracks.clear()
         self._since_detect = self.config.detect_every
+        if self._background is not None:
+            self._background.close()  # a detection of the old scene must not come back
+
+    def close(self) -> None:
+        """Stop the background detector's thread, if any. The tracker stays usable."""
+        if self._background is not None:
+            self._background.close()
 
     def analyze(self, frame: Frame) -> Faces:
         """Faces in ``frame``: tracks updated, the detector run if due, landmarks smoothed."""
@@ -95,9 +111,21 @@ class FaceTracker:
         self.frames += 1
         self._since_detect += 1
         lost = self._follow(image)
+        if self._background is not None:
+            self._collect(image)
         if lost or self._redetect or self._since_detect >= self.config.detect_every:
-            self._detect(image)
+            if self._background is None:
+                self._detect(image)
+            elif self._background.submit(image, frame.index):
+                self._since_detect = 0
         return self._faces(t)
+
+    def _collect(self, image: np.ndarray) -> None:
+        """Reconcile a finished background detection with the tracks (by overlap)."""
+        assert self._background is not None
+        done = self._background.result()
+        if done is not None:
+            self._reconcile(image, done[1])
 
     def _follow(self, image: np.ndarray) -> bool:
         """Update each track from its own crop; say whether any was lost."""
@@ -112,7 +140,11 @@ class FaceTracker:
 
     def _detect(self, image: np.ndarray) -> None:
         self._since_detect = 0
-        found = self.detector.detect(image)
+        self._reconcile(image, self.detector.detect(image))
+
+    def _reconcile(self, image: np.ndarray, found: Faces) -> None:
+        """Count misses of the tracks no box overlaps, start tracks on the boxes no track
+        overlaps (their landmarks from ``image``), and merge tracks that converged."""
         boxes = np.stack([t.box() for t in self.tracks]) if self.tracks else np.zeros((0, 4))
         overlap = iou(boxes, found.boxes) if len(found) else np.zeros((len(boxes), 0))
         for track, row in zip(self.tracks, overlap):

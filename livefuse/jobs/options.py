@@ -5,10 +5,9 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any
 
-from livefuse.config import Settings, load_settings
+from livefuse.config import Settings, check_swap, with_options
 from livefuse.errors import ConfigError
 
 #: What a job may change: how the swap looks and how often faces are looked for. Paths on the
@@ -49,11 +48,6 @@ def _truthy(value: Any) -> bool:
 def job_settings(base: Settings, options: dict[str, Any]) -> Settings:
     """The settings a job runs with: the server's, with the job's options on top, checked by
     the settings loader (types, names) and the checks the values carry (masks)."""
-    chosen = normalise_options(options)
-    current = {f.name: getattr(base, f.name) for f in fields(Settings)}
-    # No environment and no config file here: the server's own settings already include them.
-    settings = load_settings({**current, **chosen}, env={}, config=None)
-    settings.masks  # noqa: B018 - raises ConfigError for an unknown mask name
-    if settings.faces not in ("one", "many"):
-        raise ConfigError(f"job option faces must be one or many, not {settings.faces!r}")
+    settings = with_options(base, normalise_options(options))
+    check_swap(settings.swap)
     return settings

@@ -131,11 +131,12 @@ def run_job(
     ``settings``. Raises ``JobCancelled`` when ``cancelled()`` turns true (checked every
     frame), or the pipeline's error; either way no output file is left.
     """
-    swapper = engine.swapper(paths.source, settings)
+    swapper = engine.swapper(paths.source, settings.swap)
+    a = settings.analysis
+    # Inline detection, as files have: the same output every time.
     tracker = FaceTracker(
-        engine.detector(),
-        engine.landmarker(),
-        TrackerConfig(detect_every=settings.detect_every, max_faces=settings.max_faces, smooth=settings.smooth),
+        engine.detector(), engine.landmarker(),
+        TrackerConfig(detect_every=a.detect_every, max_faces=a.max_faces, smooth=a.smooth, background=False),
     )
     sink: Sink = VideoFileSink(paths.produced) if paths.result.suffix == ".mp4" else StillSink(paths.produced)
     watch = _Watch(report, cancelled, pause)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from livefuse.app import Engine, home_of
-from livefuse.config import Settings, parse_bytes
+from livefuse.config import Settings, memory
 from livefuse.errors import ConfigError
 from livefuse.jobs.api import JobsApi
 from livefuse.jobs.files import JobFiles, StorageLimits
@@ -58,8 +58,8 @@ def jobs_config(args: argparse.Namespace, settings: Settings) -> JobsConfig:
     if args.queue:
         need_redis()
     limits = StorageLimits(
-        max_target_bytes=parse_bytes(args.max_job_upload, "--max-job-upload"),
-        quota_bytes=parse_bytes(args.job_quota, "--job-quota") if args.job_quota else None,
+        max_target_bytes=_size(args.max_job_upload, "--max-job-upload"),
+        quota_bytes=_size(args.job_quota, "--job-quota") if args.job_quota else None,
     )
     return JobsConfig(
         db=args.job_db or home / "jobs" / "jobs.sqlite3",
@@ -80,3 +80,10 @@ def need_redis() -> None:
         raise ConfigError(
             f'Redis mode needs redis and rq ({exc.name} is missing): pip install "livefuse[jobs]"'
         ) from None
+
+
+def _size(value: str, flag: str) -> int:
+    try:
+        return memory(value)
+    except ValueError as exc:
+        raise ConfigError(f"{flag} {value!r} {exc}") from None

@@ -1,8 +1,4 @@
-"""Models: manifest, store (``livefuse models pull/add/list``), downloads, converters, stand-ins.
-
-:mod:`livefuse.models.standins` (stand-in ONNX models for tests and benchmarks) is not imported
-here: it needs the ``onnx`` package at import time.
-"""
+"""Models: manifest, store (``livefuse models pull/add/list``), downloads, converters."""
 
 from livefuse.models.contracts import check_contract, load_emap
 from livefuse.models.download import HttpOptions

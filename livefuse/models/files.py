@@ -68,6 +68,28 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+class DigestCache:
+    """The sha256 of files, read again only when a file's stat (mtime, size, inode) changes:
+    checking a 500 MB model on every start-up costs a second; checking its stat costs nothing."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Path, tuple[tuple[int, int, int], str]] = {}
+
+    def sha256(self, path: Path) -> str:
+        """The file's sha256. Raises ``FileNotFoundError`` when it is missing."""
+        st = path.stat()
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._seen.get(path)
+        if cached is None or cached[0] != key:
+            cached = (key, sha256_file(path))
+            self._seen[path] = cached
+        return cached[1]
+
+    def forget(self, path: Path) -> None:
+        """Drop what is known of ``path`` (it is being replaced)."""
+        self._seen.pop(path, None)
+
+
 def short(digest: str) -> str:
     """A sha256 prefix for messages."""
     return digest[:12] + "..."

@@ -32,6 +32,9 @@ class RunStats:
     stage_ms: dict[str, float]
     """Median ms per stage, from the previous stage's stamp, queue wait included.
     ``capture`` is stamped when ``read`` returns, so it is ~0: decode time is not in it."""
+    budget: dict[str, dict[str, float]]
+    """Where the milliseconds go, per stage: ``wait_p50``/``wait_p95`` in the queue before the
+    stage and ``work_p50``/``work_p95`` in it (see :meth:`Frame.wait_work_ms`)."""
     detector_calls: int
     detector_rate: float
     "Detector calls per frame out (1.0 = detect every frame)."
@@ -51,6 +54,27 @@ class RunStats:
         return f"{line} | {errors} frame errors" if errors else line
 
 
+class Durations:
+    """The last ``window`` durations of one kind of work (ms), in a preallocated ring; for work
+    outside the pipeline's stages (a WebRTC frame's conversions). One writer thread."""
+
+    def __init__(self, window: int = 600) -> None:
+        self._ms = np.zeros(window, np.float32)
+        self._count = 0
+
+    def add(self, ms: float) -> None:
+        self._ms[self._count % len(self._ms)] = ms
+        self._count += 1
+
+    def percentiles(self) -> dict[str, float]:
+        """``p50`` and ``p95`` of the recent durations (0 before any)."""
+        recent = self._ms[: min(self._count, len(self._ms))]
+        if not recent.size:
+            return {"p50": 0.0, "p95": 0.0}
+        p50, p95 = np.percentile(recent, [50, 95])
+        return {"p50": round(float(p50), 2), "p95": round(float(p95), 2)}
+
+
 class Metrics:
     """Thread-safe collector the pipeline threads write into.
 
@@ -64,6 +88,8 @@ class Metrics:
         self._lock = threading.Lock()
         self._latency = np.zeros(window, np.float64)
         self._stages = np.zeros((len(STAGES), window), np.float32)
+        self._waits = np.zeros((len(STAGES), window), np.float32)
+        self._works = np.zeros((len(STAGES), window), np.float32)
         self._window = window
         self._recorded = 0
         self._frames_in = 0
@@ -95,10 +121,13 @@ class Metrics:
         """Record the timings of a frame that reached the output stage."""
         latency = frame.latency_ms()
         stage_ms = [_stage_ms(frame, stage) for stage in STAGES]
+        wait_work = [frame.wait_work_ms(stage) for stage in STAGES]
         with self._lock:
             i = self._recorded % self._window
             self._latency[i] = latency
             self._stages[:, i] = stage_ms
+            for k, (wait, work) in enumerate(wait_work):
+                self._waits[k, i], self._works[k, i] = wait, work
             self._recorded += 1
 
     @property
@@ -114,6 +143,7 @@ class Metrics:
             n = min(self._recorded, self._window)
             latency = self._latency[:n].copy()
             stages = self._stages[:, :n].copy()
+            waits, works = self._waits[:, :n].copy(), self._works[:, :n].copy()
             frames_out, frames_in = self._recorded, self._frames_in
             errors = dict(self._errors)
         wall_s = self._wall_s()
@@ -128,6 +158,7 @@ class Metrics:
             latency_p95_ms=float(p95),
             latency_p99_ms=float(p99),
             stage_ms={s: float(np.median(stages[k])) if n else 0.0 for k, s in enumerate(STAGES)},
+            budget={s: _budget(waits[k], works[k]) for k, s in enumerate(STAGES)},
             detector_calls=detector_calls,
             detector_rate=detector_calls / frames_out if frames_out else 0.0,
             wall_s=wall_s,
@@ -144,3 +175,10 @@ class Metrics:
 def _stage_ms(frame: Frame, stage: str) -> float:
     # A stage that passed a frame through without stamping it (none today) counts as 0.
     return frame.stage_ms(stage) if stage in frame.stamps else 0.0
+
+
+def _budget(waits: np.ndarray, works: np.ndarray) -> dict[str, float]:
+    if not waits.size:
+        return {"wait_p50": 0.0, "wait_p95": 0.0, "work_p50": 0.0, "work_p95": 0.0}
+    (w50, w95), (k50, k95) = np.percentile(waits, [50, 95]), np.percentile(works, [50, 95])
+    return {"wait_p50": float(w50), "wait_p95": float(w95), "work_p50": float(k50), "work_p95": float(k95)}

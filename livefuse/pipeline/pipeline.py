@@ -254,6 +254,7 @@ class Pipeline:
             image = self._pool.acquire(stop=self._stop)
             if image is None:
                 return
+            started = time.monotonic_ns()
             try:
                 pts = self.source.read(image)
             except StreamEnded:
@@ -264,6 +265,7 @@ class Pipeline:
                 raise
             now = time.monotonic_ns()
             frame = Frame(index=index, pts=pts, time_base=time_base, capture_ns=now, image=image)
+            frame.stamps["capture:in"] = started
             frame.stamps["capture"] = now
             self.metrics.frame_in()
             index += 1
@@ -271,13 +273,16 @@ class Pipeline:
                 return
 
     def _frames(self, inbox: FrameQueue[Frame]) -> Iterator[Frame]:
-        """The frames arriving in ``inbox`` until the pipeline stops or the queue closes."""
+        """The frames arriving in ``inbox`` until the pipeline stops or the queue closes,
+        each stamped ``<stage>:in`` when its stage takes it (the end of its queue wait)."""
+        key = f"{inbox.name}:in"
         while not self._stop.is_set():
             try:
                 frame = inbox.get()
             except QueueClosed:
                 return
             if frame is not None:
+                frame.stamps[key] = time.monotonic_ns()
                 yield frame
 
     def _work(
@@ -376,6 +381,9 @@ class Pipeline:
             for sink in self.sinks:
                 self._keep_first_error(partial(_close_sink, sink, failed), "sink")
             self._close_quietly(self.source.close, "source")
+            close_analyzer = getattr(self.analyzer, "close", None)
+            if close_analyzer is not None:
+                self._close_quietly(close_analyzer, "analyzer")
             for queue in self._queues:
                 queue.drain()
 

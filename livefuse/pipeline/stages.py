@@ -51,7 +51,11 @@ class Source(Protocol):
 
 
 class Analyzer(Protocol):
-    """Finds and tracks faces: sets ``frame.faces``."""
+    """Finds and tracks faces: sets ``frame.faces``.
+
+    An analyzer may also define ``close()`` (a background detector's thread, say): the
+    pipeline calls it once its threads have stopped.
+    """
 
     def analyze(self, frame: Frame) -> Faces: ...
 

@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from livefuse.config import Settings
 from livefuse.errors import ConfigError, LivefuseError
 from livefuse.models.files import sha256_file
 from livefuse.models.manifest import ModelSpec
 from livefuse.runtime.base import Runner
-from livefuse.runtime.engines import build_command
+from livefuse.runtime.engine_files import build_command
 from livefuse.runtime.ort import (
     CPU_EP,
     CUDA_EP,
@@ -77,7 +76,7 @@ def parse_runtime(text: str) -> Backend | None:
 
 @dataclass(frozen=True, slots=True)
 class RunnerOptions:
-    """What the settings say about running models."""
+    """How to run models: plain values (the composition root turns settings into these)."""
 
     runtime: Backend | None = None
     "The forced backend; None: the best available (``auto``)."
@@ -89,12 +88,6 @@ class RunnerOptions:
     "Bytes of GPU memory a model may use; 0: no limit."
     device_id: int = 0
     "The GPU."
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RunnerOptions:
-        """The options of ``settings``; a bad ``runtime`` or ``vram_budget`` raises :class:`ConfigError`."""
-        providers = tuple(p.strip() for p in (settings.providers or "").split(",") if p.strip())
-        return cls(parse_runtime(settings.runtime), providers, settings.threads, settings.vram_budget_bytes)
 
 
 def ort_config(choice: Choice, options: RunnerOptions) -> tuple[list[str], list[dict[str, str]]]:

@@ -6,7 +6,7 @@ wheels; pycuda would have to be compiled against a local CUDA toolkit.
 
 Every call goes through :func:`check`, the one place CUDA errors become :class:`CudaError`.
 Every resource is an object with ``close()`` and a context manager. The classes implement the
-:mod:`livefuse.runtime.ring` protocols (``CudaDevice`` is a ``DeviceOps``).
+:mod:`livefuse.runtime.device` protocols (``CudaDevice`` is a ``DeviceOps``).
 
 Verification: ``check``, ``describe`` and ``probe`` were run against cuda-bindings 12.9 on a
 machine without a driver (they report it). The stream/event/memory classes and
@@ -25,7 +25,7 @@ from cuda.bindings import driver
 from cuda.bindings import runtime as cudart
 
 from livefuse.errors import LivefuseError
-from livefuse.runtime import ring
+from livefuse.runtime import device
 
 _OK = cudart.cudaError_t.cudaSuccess
 _NOT_READY = cudart.cudaError_t.cudaErrorNotReady
@@ -117,7 +117,7 @@ class Stream(_Owned):
     def __init__(self) -> None:
         super().__init__(check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking), "cudaStreamCreate"))
 
-    def wait(self, event: ring.Event) -> None:
+    def wait(self, event: device.Event) -> None:
         """Work queued on this stream from now on waits for ``event``'s last record."""
         check(cudart.cudaStreamWaitEvent(self.handle, _handle(event, Event), 0), "cudaStreamWaitEvent")
 
@@ -136,7 +136,7 @@ class Event(_Owned):
         flags = cudart.cudaEventBlockingSync | (0 if timing else cudart.cudaEventDisableTiming)
         super().__init__(check(cudart.cudaEventCreateWithFlags(flags), "cudaEventCreate"))
 
-    def record(self, stream: ring.Stream) -> None:
+    def record(self, stream: device.Stream) -> None:
         """Mark the current end of ``stream``."""
         check(cudart.cudaEventRecord(self.handle, _handle(stream, Stream)), "cudaEventRecord")
 
@@ -209,7 +209,7 @@ def _host_ptr(array: np.ndarray, nbytes: int) -> int:
 
 
 class CudaDevice:
-    """One GPU, as :class:`livefuse.runtime.ring.DeviceOps`: streams, events, buffers, copies."""
+    """One GPU, as :class:`livefuse.runtime.device.DeviceOps`: streams, events, buffers, copies."""
 
     def __init__(self, index: int = 0) -> None:
         self.index = index
@@ -227,19 +227,19 @@ class CudaDevice:
     def device_buffer(self, nbytes: int) -> DeviceBuffer:
         return DeviceBuffer(nbytes)
 
-    def copy_h2d(self, dst: DeviceBuffer, src: np.ndarray, nbytes: int, stream: ring.Stream) -> None:
+    def copy_h2d(self, dst: DeviceBuffer, src: np.ndarray, nbytes: int, stream: device.Stream) -> None:
         """Queue ``src[:nbytes]`` (pinned) → ``dst`` on ``stream``."""
         kind = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         handle = _handle(stream, Stream)
         check(cudart.cudaMemcpyAsync(dst.ptr, _host_ptr(src, nbytes), nbytes, kind, handle), "H2D copy")
 
-    def copy_d2h(self, dst: np.ndarray, src: DeviceBuffer, nbytes: int, stream: ring.Stream) -> None:
+    def copy_d2h(self, dst: np.ndarray, src: DeviceBuffer, nbytes: int, stream: device.Stream) -> None:
         """Queue ``nbytes`` of ``src`` → ``dst`` (pinned) on ``stream``."""
         kind = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         handle = _handle(stream, Stream)
         check(cudart.cudaMemcpyAsync(_host_ptr(dst, nbytes), src.ptr, nbytes, kind, handle), "D2H copy")
 
-    def copy_d2d(self, dst: DeviceBuffer, src: DeviceBuffer, nbytes: int, stream: ring.Stream) -> None:
+    def copy_d2d(self, dst: DeviceBuffer, src: DeviceBuffer, nbytes: int, stream: device.Stream) -> None:
         """Queue ``nbytes`` of ``src`` → ``dst`` (both on the GPU) on ``stream``."""
         kind = cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
         check(cudart.cudaMemcpyAsync(dst.ptr, src.ptr, nbytes, kind, _handle(stream, Stream)), "D2D copy")

@@ -26,7 +26,7 @@ from types import MappingProxyType
 from livefuse.errors import EngineMismatch, LivefuseError
 from livefuse.models.files import sha256_file
 from livefuse.models.manifest import ModelSpec
-from livefuse.runtime.engines import ComputeCapability, cc_text, find_engine
+from livefuse.runtime.engine_files import ComputeCapability, cc_text, find_engine
 
 log = logging.getLogger(__name__)
 

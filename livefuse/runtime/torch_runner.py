@@ -31,6 +31,7 @@ import numpy as np
 
 from livefuse.errors import ConfigError, ModelError
 from livefuse.runtime.base import Runner, TensorSpec
+from livefuse.runtime.device import host_view
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +268,7 @@ class TorchRunner(Runner):
     # ------------------------------------------------------------------ device memory
 
     def infer_device(self, inputs: Mapping[str, int], outputs: Mapping[str, int], batch: int, stream: Any) -> None:
-        """One run of ``batch`` items on memory the caller owns (:class:`livefuse.gpu.path.DeviceModel`):
+        """One run of ``batch`` items on memory the caller owns (:class:`livefuse.swap.gpu.path.DeviceModel`):
         tensor name → address. On CUDA the addresses are device memory and the run is queued on
         ``stream`` (a :class:`~livefuse.runtime.cuda.Stream` or ``cudaStream_t``); on the CPU they are
         host memory (the GPU frame path's emulator) and the run happens now. Outputs not named are
@@ -312,10 +313,8 @@ class TorchRunner(Runner):
             if self._device.type == "cuda":
                 interface = {"shape": shape, "typestr": dtype.str, "data": (address, False), "version": 3}
                 self._wrapped[key] = self._torch.as_tensor(_CudaArray(interface), device=self._device)
-            else:
-                from livefuse.gpu.emulate import view
-
-                self._wrapped[key] = self._torch.from_numpy(view(address, shape, dtype))
+            else:  # a CPU device: the caller's address is host memory
+                self._wrapped[key] = self._torch.from_numpy(host_view(address, shape, dtype))
         return self._wrapped[key]
 
     # ------------------------------------------------------------------ CPU

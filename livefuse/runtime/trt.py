@@ -1,6 +1,6 @@
 """TensorRT runner: a prebuilt engine (``scripts/build_engines.py``) run through cuda-python.
 
-``activate`` finds the engine that fits this machine (:func:`~livefuse.runtime.engines.find_engine`
+``activate`` finds the engine that fits this machine (:func:`~livefuse.runtime.engine_files.find_engine`
 refuses stale or foreign ones with the rebuild command), deserialises it, creates one execution
 context and allocates everything once, for the largest shapes the engine takes: a device buffer
 and a pinned host buffer per input and output, the runner's own CUDA stream, and the views of
@@ -33,10 +33,9 @@ import numpy as np
 from livefuse.errors import ConfigError, EngineError, LivefuseError
 from livefuse.models.manifest import ModelSpec
 from livefuse.runtime.base import Runner, TensorSpec
-from livefuse.runtime.engines import ComputeCapability, EngineRecord, build_command, find_engine, read_engine
-from livefuse.runtime.trt_build import cuda_module, import_tensorrt, local_gpu
+from livefuse.runtime.engine_files import ComputeCapability, EngineRecord, build_command, find_engine, read_engine
+from livefuse.runtime.trt_env import cuda_module, import_tensorrt, local_gpu, trt_version
 from livefuse.runtime.trt_io import EngineMemory, GpuOps, Io, Shapes, activation_bytes, tensor_spec
-from livefuse.runtime.trt_plan import trt_version
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +200,7 @@ class TrtRunner(Runner):
     def infer_device(self, inputs: Mapping[str, int], outputs: Mapping[str, int], batch: int, stream: Any) -> None:
         """Queue one run of ``batch`` faces on ``stream`` (a :class:`~livefuse.runtime.cuda.Stream`
         or a ``cudaStream_t``) on device memory: tensor name → device address, no host copies,
-        no waiting (:class:`livefuse.gpu.path.DeviceModel`). Every input must be given; outputs
+        no waiting (:class:`livefuse.swap.gpu.path.DeviceModel`). Every input must be given; outputs
         not given go to the runner's own buffers. Each buffer must hold its tensor for ``batch``
         (:meth:`io_bytes`), at a 256-byte aligned address.
 

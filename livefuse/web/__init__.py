@@ -5,6 +5,7 @@ Needs the optional ``webrtc`` extra (aiortc, aiohttp): ``pip install "livefuse[w
 
 from livefuse.web.options import SessionLimits, StartOptions
 from livefuse.web.server import ServerConfig, create_app, serve
-from livefuse.web.session import Session, SessionManager
+from livefuse.web.session import Session
+from livefuse.web.sessions import SessionManager
 
 __all__ = ["ServerConfig", "Session", "SessionLimits", "SessionManager", "StartOptions", "create_app", "serve"]

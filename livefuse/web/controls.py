@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from livefuse.config import Settings
+from livefuse.config import Settings, SwapSettings, with_options
 from livefuse.faces import Faces
 from livefuse.frame import Frame
 from livefuse.pipeline.stages import Analyzer, Swapper
@@ -29,8 +29,8 @@ SESSION_SETTINGS = ("keep_mouth", "swapper", "enhancer", "mask")
 class SwapState:
     """One consistent set of a session's live settings. Replaced whole, never changed."""
 
-    settings: Settings
-    "The server's settings with this session's own choices (``SESSION_SETTINGS``)."
+    settings: SwapSettings
+    "The server's swap settings with this session's own choices (``SESSION_SETTINGS``)."
     swap: bool = True
     "Swap faces; off passes frames through untouched (and skips face tracking)."
     face: str | None = None
@@ -88,6 +88,12 @@ class LiveAnalyzer:
         """Detector runs so far (the pipeline reports the rate)."""
         return int(getattr(self._tracker, "detector_calls", 0))
 
+    def close(self) -> None:
+        """Stop the tracker's background detector (the pipeline calls this at its end)."""
+        close = getattr(self._tracker, "close", None)
+        if close is not None:
+            close()
+
     def analyze(self, frame: Frame) -> Faces:
         """The tracker's faces, or none while swapping is off."""
         if not self._controls.state.swap:
@@ -116,9 +122,9 @@ class LiveSwapper:
             state.swapper.swap(image, faces)
 
 
-def with_choices(settings: Settings, **choices: Any) -> Settings:
-    """``settings`` with a session's choices applied (only ``SESSION_SETTINGS`` keys)."""
+def with_choices(settings: SwapSettings, **choices: Any) -> SwapSettings:
+    """``settings`` with a session's choices (``SESSION_SETTINGS`` options) parsed and applied."""
     unknown = set(choices) - set(SESSION_SETTINGS)
     if unknown:
         raise ValueError(f"not a session setting: {', '.join(sorted(unknown))}")
-    return replace(settings, **choices)
+    return with_options(Settings(swap=settings), choices).swap

@@ -61,7 +61,8 @@ from livefuse.web.http import (
     size_hint,
 )
 from livefuse.web.options import Choices, SessionLimits, StartOptions
-from livefuse.web.session import SessionManager
+from livefuse.web.peers import check_offer_sdp
+from livefuse.web.sessions import SessionManager
 from livefuse.web.uploads import MAX_IMAGE_SIDE, MAX_UPLOAD_BYTES, ImageLimits, PrivateDir
 
 log = logging.getLogger(__name__)
@@ -120,8 +121,8 @@ class ServerConfig:
 def face_choices(settings: Settings) -> dict[str, Path]:
     """The faces sessions can pick: the --source photo first, then the installed samples."""
     choices: dict[str, Path] = {}
-    if settings.source:
-        photo = Path(settings.source).expanduser()
+    if settings.swap.source:
+        photo = Path(settings.swap.source).expanduser()
         choices[photo.name] = photo
     samples = SampleStore(home_of(settings))
     names = sorted(samples.catalog, key=lambda n: (n != DEFAULT_FACE, n))
@@ -247,7 +248,7 @@ class Api:
     async def settings_view(self, request: web.Request) -> web.Response:
         """What the page needs to draw its controls."""
         limits = self.config.limits().image
-        s = self.manager.settings
+        s = self.manager.settings.swap
         defaults = {"swapper": s.swapper, "enhancer": s.enhancer, "masks": sorted(s.masks), "keep_mouth": s.keep_mouth}
         return web.json_response(
             {
@@ -289,8 +290,7 @@ class Api:
         if unknown:
             known = ", ".join(["swap", "face", *SESSION_KEYS])
             raise ApiError(400, f"unknown setting(s) {', '.join(unknown)}; the settings are {known}")
-        state = await self.manager.update(
-            request.match_info["session"],
+        state = await self.manager.get(request.match_info["session"]).update(
             swap=optional(body, "swap", bool),
             face=optional(body, "face", str),
             **session_settings(body),
@@ -300,7 +300,7 @@ class Api:
     async def face(self, request: web.Request) -> web.Response:
         """Upload a source face photo (the raw request body)."""
         session_id = request.match_info["session"]
-        self.manager.get(session_id)  # 404 before reading a large body for nothing
+        session = self.manager.get(session_id)  # 404 before reading a large body for nothing
         if not request.content_type.startswith("image/"):
             raise ApiError(
                 415,
@@ -308,7 +308,7 @@ class Api:
                 f"({self.config.limits().image.describe()})",
             )
         data = await request.read()
-        return web.json_response(await self.manager.upload_face(session_id, data))
+        return web.json_response(await session.upload_face(data))
 
     async def close(self, request: web.Request) -> web.Response:
         """End a session (the page's Stop, or a WHIP client's DELETE)."""
@@ -332,7 +332,9 @@ class Api:
     async def whep(self, request: web.Request) -> web.Response:
         """WHEP egress: a viewer gets a session's processed stream; 201 + Location."""
         sdp = await read_sdp(request)
-        session, viewer, answer = await self.manager.add_viewer(request.match_info["session"], sdp)
+        offer = check_offer_sdp(sdp)
+        session = self.manager.get(request.match_info["session"])
+        viewer, answer = await session.add_viewer(offer)
         return web.Response(
             status=201,
             text=answer,
@@ -343,7 +345,8 @@ class Api:
     async def whep_close(self, request: web.Request) -> web.Response:
         """End one viewer."""
         session_id, viewer = request.match_info["session"], request.match_info["viewer"]
-        if not await self.manager.close_viewer(session_id, viewer):
+        session = self.manager.find(session_id)
+        if session is None or not await session.close_viewer(viewer):
             raise ApiError(404, f"no viewer {viewer!r} on session {session_id!r}")
         return web.json_response({"closed": viewer})
 

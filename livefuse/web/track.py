@@ -22,6 +22,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 from av.frame import Frame as AvFrame
+from av.packet import Packet
 
 from livefuse.web.errors import ApiError
 
@@ -31,14 +32,14 @@ log = logging.getLogger(__name__)
 FrameHandler = Callable[[VideoFrame, int], None]
 
 
-def take_newest(track: MediaStreamTrack, frame: AvFrame) -> tuple[AvFrame, int, bool]:
+def take_newest(track: MediaStreamTrack, frame: AvFrame | Packet) -> tuple[AvFrame | Packet, int, bool]:
     """``frame``, or a newer one already waiting in ``track``'s receive queue.
 
     Returns (newest frame, frames skipped, whether the track ended meanwhile). Reads
     aiortc's private ``_queue`` (``RemoteStreamTrack``): aiortc offers no way to bound it.
     Tracks without one are returned as they are.
     """
-    queue: asyncio.Queue[AvFrame | None] | None = getattr(track, "_queue", None)
+    queue: asyncio.Queue[AvFrame | Packet | None] | None = getattr(track, "_queue", None)
     skipped, ended = 0, False
     while queue is not None and not queue.empty():
         item = queue.get_nowait()

@@ -1,5 +1,5 @@
 // Frame-counter probe for the browser test and the latency benchmark (not loaded by the
-// demo page). The fake camera clip (livefuse/web/fakecam.py) carries a 16-bit counter;
+// demo page). The fake camera clip (livefuse/testing/fakecam.py) carries a 16-bit counter;
 // this reads it from the local preview and the returned video, with the same geometry.
 //   lfProbe.start({keepImages})  watch both videos (keepImages: keep local frames for pair())
 //                                counters older than maxAgeMs (1500) are not matched: the

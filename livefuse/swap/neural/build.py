@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from livefuse.errors import ConfigError
-from livefuse.neural.crop import CropSpec
+from livefuse.geometry.crop import CropSpec
 
 #: The role each neural setting must name.
 ROLES = {"swapper": "swapper", "enhancer": "enhancer", "occlusion": "occluder", "parser": "parser"}

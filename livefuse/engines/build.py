@@ -1,10 +1,10 @@
 """Builds FP16 TensorRT engines for installed models: the ``tensorrt`` calls behind
 ``scripts/build_engines.py``.
 
-What to build is decided by :mod:`livefuse.runtime.trt_plan` (pure); this module parses the
+What to build is decided by :mod:`livefuse.engines.plan` (pure); this module parses the
 ONNX file into a TensorRT network, keeps the planned layers in FP32, adds the optimisation
 profile, loads and saves the timing cache, builds, and writes the engine and its record with
-:func:`livefuse.runtime.engines.save_engine`. The TensorRT module is a parameter, so the
+:func:`livefuse.runtime.engine_files.save_engine`. The TensorRT module is a parameter, so the
 orchestration runs in tests against a fake; the real build needs a GPU (tests marked ``gpu``).
 
 TensorRT 10 API used: ``Builder.create_network`` (explicit batch is the only mode; flag 0, or
@@ -22,82 +22,31 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
 
-from livefuse.errors import ConfigError, EngineError, EngineMismatch, LivefuseError
-from livefuse.models.files import atomic_write, default_home, sha256_file
-from livefuse.models.manifest import ModelSpec
-from livefuse.models.store import ModelStore
-from livefuse.runtime.engines import EngineMatch, EngineTensor, default_engines_dir, find_engine, save_engine
-from livefuse.runtime.precision import layers_to_keep
-from livefuse.runtime.trt_plan import (
-    INSTALL_HINT,
+from livefuse.engines.plan import (
     BuildOptions,
-    GpuInfo,
     ModelPlan,
     make_record,
     missing_fp32,
     plan_model,
     rebuild_hint,
     timing_cache_path,
-    trt_version,
 )
+from livefuse.engines.precision import layers_to_keep
+from livefuse.errors import ConfigError, EngineError, EngineMismatch, LivefuseError
+from livefuse.models.files import atomic_write, default_home, sha256_file
+from livefuse.models.manifest import ModelSpec
+from livefuse.models.store import ModelStore
+from livefuse.runtime.engine_files import EngineMatch, EngineTensor, default_engines_dir, find_engine, save_engine
+from livefuse.runtime.trt_env import GpuInfo, import_tensorrt, local_gpu, trt_version
 
 log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- the environment
-
-
-def import_tensorrt() -> Any:
-    """The ``tensorrt`` module, or a :class:`ConfigError` that says how to install it."""
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise ConfigError(f"TensorRT is not installed ({exc}): {INSTALL_HINT}") from exc
-    except OSError as exc:  # the wheel is there but libnvinfer or a CUDA library does not load
-        raise ConfigError(
-            f"TensorRT is installed but does not load ({exc}): reinstall it for this CUDA ({INSTALL_HINT}) "
-            "and run 'livefuse doctor'"
-        ) from exc
-    return tensorrt
-
-
-def cuda_module() -> ModuleType:
-    """:mod:`livefuse.runtime.cuda`, which needs cuda-python."""
-    try:
-        from livefuse.runtime import cuda
-    except ImportError as exc:
-        raise ConfigError(f"cuda-python is not installed ({exc}): {INSTALL_HINT}") from exc
-    return cuda
-
-
-def local_gpu(device: int) -> GpuInfo:
-    """GPU ``device``, made the current one (TensorRT builds and runs on the current device)."""
-    cuda = cuda_module()
-    found = cuda.probe()
-    if device >= len(found.gpus):
-        why = found.error or f"{len(found.gpus)} GPU(s) visible"
-        raise EngineError(
-            f"there is no CUDA GPU {device} ({why}); TensorRT engines are built on the NVIDIA GPU that will "
-            "run them: check 'nvidia-smi' and run 'livefuse doctor'"
-        )
-    gpu = found.gpus[device]
-    cuda.CudaDevice(device)
-    return GpuInfo(gpu.name, gpu.cc)
-
-
-def resolve_home(home: Path | None) -> Path:
-    """``home``, else the config file's or environment's ``home`` (as the CLI reads it), else the default."""
-    if home is not None:
-        return Path(home).expanduser()
-    from livefuse.config import load_settings
-
-    configured = load_settings({}).home
-    return Path(configured).expanduser() if configured else default_home()
 
 
 def installed_models(store: ModelStore, names: Sequence[str]) -> list[tuple[ModelSpec, Path]]:
@@ -295,7 +244,7 @@ def build_engines(
     """
     trt = trt if trt is not None else import_tensorrt()
     gpu = gpu if gpu is not None else local_gpu(options.device)
-    home = resolve_home(options.home) if store is None else store.home
+    home = (options.home or default_home()) if store is None else store.home
     store = store if store is not None else ModelStore(home)
     engines_dir = options.engines_dir or default_engines_dir(home)
     models = installed_models(store, options.models)

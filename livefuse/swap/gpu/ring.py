@@ -14,9 +14,10 @@ the compute, which waited for the upload: once ``done`` completes, nothing on th
 slot any more. So the one rule is: **a slot is reused only after its ``done`` event completes**
 (and after the host has released it).
 
-The GPU is reached only through the small :class:`DeviceOps`/:class:`Stream`/:class:`Event`
-protocols: :mod:`livefuse.runtime.cuda` implements them with cuda-python, and the tests implement
-them with threads, so the slot logic runs and is tested on machines without a GPU.
+The GPU is reached only through the small ``DeviceOps``/``Stream``/``Event`` protocols of
+:mod:`livefuse.runtime.device`: :mod:`livefuse.runtime.cuda` implements them with cuda-python,
+and the tests implement them with threads, so the slot logic runs and is tested on machines
+without a GPU.
 """
 
 from __future__ import annotations
@@ -26,69 +27,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Generic
 
 import numpy as np
 
+from livefuse.runtime.device import C, Closeable, D, DeviceOps, Event, Stream
+
 #: How often a wait with a timeout looks at an event again (an event has no timed wait).
 POLL_S = 0.0002
-
-
-class Closeable(Protocol):
-    """Anything that owns a GPU or pinned-memory resource."""
-
-    def close(self) -> None:
-        """Free the resource. Idempotent."""
-
-
-class Stream(Closeable, Protocol):
-    """An in-order queue of GPU work."""
-
-    def wait(self, event: Event) -> None:
-        """Make work queued on this stream from now on wait until ``event``'s last record completes."""
-
-
-class Event(Closeable, Protocol):
-    """A marker in a stream: complete once the work queued before it has run."""
-
-    def record(self, stream: Stream) -> None:
-        """Place the marker at the current end of ``stream`` (replacing an earlier record)."""
-
-    def query(self) -> bool:
-        """True when the last record has completed (or there was none)."""
-
-    def synchronize(self) -> None:
-        """Block the calling thread until the last record completes."""
-
-
-class HostBuffer(Closeable, Protocol):
-    """Page-locked host memory, seen as a 1-D uint8 array."""
-
-    @property
-    def array(self) -> np.ndarray:
-        """The buffer as a writable 1-D uint8 array (no copy)."""
-
-
-D = TypeVar("D", bound=Closeable)
-C = TypeVar("C", bound=Closeable)
-
-
-class DeviceOps(Protocol[D]):
-    """What the ring needs from a GPU: streams, events, buffers and async copies."""
-
-    def new_stream(self) -> Stream: ...
-
-    def new_event(self) -> Event: ...
-
-    def host_buffer(self, nbytes: int) -> HostBuffer: ...
-
-    def device_buffer(self, nbytes: int) -> D: ...
-
-    def copy_h2d(self, dst: D, src: np.ndarray, nbytes: int, stream: Stream) -> None:
-        """Queue a copy of ``src[:nbytes]`` (pinned) into ``dst`` on ``stream``; returns at once."""
-
-    def copy_d2h(self, dst: np.ndarray, src: D, nbytes: int, stream: Stream) -> None:
-        """Queue a copy of ``nbytes`` of ``src`` into ``dst`` (pinned) on ``stream``; returns at once."""
 
 
 class SlotState(enum.Enum):

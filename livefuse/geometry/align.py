@@ -53,10 +53,10 @@ def paste_region(
 def paste_box(mask: np.ndarray, matrix: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
     """The frame box x0, y0, x1, y1 that pasting a crop with ``mask`` through ``matrix``
     (frame → crop) can change; None when the mask is empty or the box is off-frame."""
-    support = cv2.boundingRect((mask > 0).view(np.uint8))
-    if support[2] == 0:
+    x, y, w, h = cv2.boundingRect((mask > 0).view(np.uint8))
+    if w == 0:
         return None
-    return paste_region(cv2.invertAffineTransform(matrix), support, shape)
+    return paste_region(cv2.invertAffineTransform(matrix), (x, y, w, h), shape)
 
 
 def paste_back(

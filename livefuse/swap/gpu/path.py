@@ -27,13 +27,14 @@ import cv2
 import numpy as np
 
 from livefuse.faces import Faces
-from livefuse.gpu.kernels import BLOCK, MOMENTS, ArgPack, Kernels, grid_for
-from livefuse.neural.align import paste_box
-from livefuse.neural.crop import CropSpec
-from livefuse.neural.swapper import NeuralConfig, box_mask, face_mask, settle_mask, track_key
-from livefuse.runtime.ring import D, DeviceOps, PinnedRing, Slot, Stream
+from livefuse.geometry.align import paste_box
+from livefuse.geometry.crop import CropSpec
+from livefuse.runtime.device import D, DeviceOps, Stream
 from livefuse.scratch import Scratch
 from livefuse.swap.blend import transfer_from_sums
+from livefuse.swap.gpu.kernels import BLOCK, MOMENTS, ArgPack, Kernels, grid_for
+from livefuse.swap.gpu.ring import PinnedRing, Slot
+from livefuse.swap.neural.swapper import NeuralConfig, box_mask, face_mask, settle_mask, track_key
 
 log = logging.getLogger(__name__)
 
@@ -160,13 +161,13 @@ class _Paste:
 class GpuSwapPath(Generic[D]):
     """Swaps faces with the frame on the GPU. ``latents[k]`` is the model's source input for
     source ``k``. ``submit``/``result``/``release`` keep up to ``slots`` frames in flight;
-    :class:`livefuse.gpu.swapper.GpuPairSwapper` makes it the pipeline's swap stage.
+    :class:`livefuse.swap.gpu.swapper.GpuPairSwapper` makes it the pipeline's swap stage.
 
     Colour matching follows the CPU swapper's (:func:`livefuse.swap.blend.colour_transfer`,
     re-measured every ``colour_every`` frames per track), except that a measurement applies
     from the track's next frame: its moments come back with the frame's download. Sharpening,
     the enhancer and the occluder/parser masks are not done on this path yet (the CPU
-    :class:`livefuse.neural.swapper.NeuralSwapper` does them).
+    :class:`livefuse.swap.neural.swapper.NeuralSwapper` does them).
     """
 
     device: DeviceOps[D]

@@ -9,6 +9,7 @@ on host memory, so that path's logic is tested everywhere. It is not a fast path
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import shutil
 import subprocess
@@ -21,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from livefuse.errors import KernelError
-from livefuse.gpu.kernels import ArgPack, Dim3, source_digest
 from livefuse.models.files import atomic_path
 from livefuse.runtime.base import Runner
+from livefuse.runtime.device import host_view as view
+from livefuse.swap.gpu.kernels import ArgPack, Dim3, source_text
 
 #: -ffp-contract=off: no fused multiply-adds, as NVRTC is told (--fmad=false), so that both
 #: round the same way.
@@ -41,16 +43,28 @@ def compiler() -> str:
     )
 
 
+#: The emulator's own files, beside this module: the thread loop and the CUDA built-ins it stands in for.
+EMULATOR_SOURCES = ("emulate.hpp", "emulate.cpp")
+
+
+def emulator_digest() -> str:
+    """sha256 over the kernel source and the emulator's files: the key of the compiled library."""
+    digest = hashlib.sha256(source_text().encode())
+    for name in EMULATOR_SOURCES:
+        digest.update(resources.files("livefuse.testing").joinpath(name).read_bytes())
+    return digest.hexdigest()
+
+
 def build(cache_dir: Path) -> Path:
     """The emulator library for the shipped sources, compiled once into ``cache_dir``."""
-    target = cache_dir / f"lf-emulate-{source_digest()[:16]}.so"
+    target = cache_dir / f"lf-emulate-{emulator_digest()[:16]}.so"
     if target.exists():
         return target
     cxx = compiler()
     with tempfile.TemporaryDirectory() as tmp, atomic_path(target) as out:
-        sources = resources.files("livefuse.gpu")
-        for name in ("kernels.cu", "emulate.hpp", "emulate.cpp"):
-            (Path(tmp) / name).write_bytes(sources.joinpath(name).read_bytes())
+        (Path(tmp) / "kernels.cu").write_text(source_text(), encoding="utf-8")
+        for name in EMULATOR_SOURCES:
+            (Path(tmp) / name).write_bytes(resources.files("livefuse.testing").joinpath(name).read_bytes())
         command = [cxx, *CXXFLAGS, "-o", str(out), str(Path(tmp) / "emulate.cpp")]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
@@ -59,7 +73,7 @@ def build(cache_dir: Path) -> Path:
 
 
 class EmulatedKernels:
-    """:class:`livefuse.gpu.kernels.Kernels` on the CPU; ``stream`` is ignored (runs at once)."""
+    """:class:`livefuse.swap.gpu.kernels.Kernels` on the CPU; ``stream`` is ignored (runs at once)."""
 
     def __init__(self, library: Path) -> None:
         self._lib: ctypes.CDLL | None = ctypes.CDLL(str(library))
@@ -119,7 +133,7 @@ class HostEvent:
 
 
 class HostDevice:
-    """:class:`livefuse.runtime.ring.DeviceOps` on host memory, for the emulated frame path."""
+    """:class:`livefuse.swap.gpu.ring.DeviceOps` on host memory, for the emulated frame path."""
 
     def new_stream(self) -> HostStream:
         return HostStream()
@@ -144,16 +158,8 @@ class HostDevice:
 
 
 
-def view(ptr: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """A numpy view of emulated device memory at ``ptr`` (no copy)."""
-    kind = np.dtype(dtype)
-    count = int(np.prod(shape))
-    raw = (ctypes.c_byte * (count * kind.itemsize)).from_address(ptr)
-    return np.frombuffer(raw, dtype=kind, count=count).reshape(shape)
-
-
 class HostModel:
-    """:class:`livefuse.gpu.path.DeviceModel` over emulated device memory: a CPU runner reads
+    """:class:`livefuse.swap.gpu.path.DeviceModel` over emulated device memory: a CPU runner reads
     its inputs from and writes its outputs to :class:`HostArray` addresses."""
 
     def __init__(self, runner: Runner, item_shapes: Mapping[str, tuple[int, ...]], dtype: Any = np.float32) -> None:

@@ -1,6 +1,6 @@
 """What ``scripts/build_engines.py`` builds, decided without TensorRT: the options, which
 models, each input's optimisation profile, which ONNX nodes stay FP32, the timing-cache file
-and the record written next to each engine. :mod:`livefuse.runtime.trt_build` makes the
+and the record written next to each engine. :mod:`livefuse.engines.build` makes the
 ``tensorrt`` calls; everything here is pure and tested on machines without a GPU.
 """
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -18,9 +17,10 @@ from types import MappingProxyType
 import onnx
 from google.protobuf.message import DecodeError
 
+from livefuse.engines.precision import computes_in_fp16, fp32_nodes, node_names
 from livefuse.errors import ConfigError, EngineError
 from livefuse.models.manifest import ModelSpec
-from livefuse.runtime.engines import (
+from livefuse.runtime.engine_files import (
     PRECISION,
     ComputeCapability,
     EngineRecord,
@@ -29,19 +29,10 @@ from livefuse.runtime.engines import (
     build_command,
     sm_tag,
 )
-from livefuse.runtime.precision import computes_in_fp16, fp32_nodes, node_names
-
-#: How users get TensorRT and cuda-python (the ``tensorrt`` extra).
-INSTALL_HINT = "pip install 'livefuse[tensorrt]'"
-
-#: The oldest TensorRT whose Python API this module speaks (named I/O tensors, execute_async_v3).
-MIN_TRT_MAJOR = 10
+from livefuse.runtime.trt_env import GpuInfo
 
 #: Smallest image side an engine takes where a model leaves H and W free (detector backbones stride 32).
 MIN_SIDE = 32
-
-_VERSION = re.compile(r"\d+(?:\.\d+)*")
-
 
 @dataclass(frozen=True, slots=True)
 class BuildOptions:
@@ -76,14 +67,6 @@ class BuildOptions:
     @property
     def workspace_bytes(self) -> int:
         return int(self.workspace_gib * (1 << 30))
-
-
-@dataclass(frozen=True, slots=True)
-class GpuInfo:
-    """The GPU an engine is built on."""
-
-    name: str
-    cc: ComputeCapability
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,18 +148,6 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
 
 
 # --------------------------------------------------------------------------- plans
-
-
-def trt_version(raw: str) -> str:
-    """TensorRT's ``__version__`` as engine names write it: ``10.3.0.post1`` → ``10.3.0``.
-    Raises :class:`ConfigError` for TensorRT older than 10 (other API, implicit batch)."""
-    match = _VERSION.match(raw.strip())
-    if match is None:
-        raise EngineError(f"cannot read the TensorRT version {raw!r}; reinstall TensorRT: {INSTALL_HINT}")
-    if int(match.group().split(".")[0]) < MIN_TRT_MAJOR:
-        raise ConfigError(f"TensorRT {raw} is too old: livefuse's engines need TensorRT {MIN_TRT_MAJOR} or newer "
-                          f"({INSTALL_HINT})")
-    return match.group()
 
 
 def timing_cache_path(engines_dir: Path, version: str, cc: ComputeCapability) -> Path:

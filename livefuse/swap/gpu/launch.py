@@ -1,6 +1,6 @@
 """Loads the compiled kernels onto the GPU and launches them (cuda-python's driver API).
 
-The one GPU-only module of the frame path: NVRTC makes the code (:mod:`livefuse.gpu.nvrtc`),
+The one GPU-only module of the frame path: NVRTC makes the code (:mod:`livefuse.swap.gpu.nvrtc`),
 this loads it once per process and launches from preallocated :class:`ArgPack` s. Errors go
 through :func:`livefuse.runtime.cuda.check`, the one error-check point.
 """
@@ -11,9 +11,9 @@ from typing import Any
 
 from cuda.bindings import driver
 
-from livefuse.gpu.kernels import SIGNATURES, ArgPack, Dim3
-from livefuse.gpu.nvrtc import compile_kernels
 from livefuse.runtime.cuda import Stream, check
+from livefuse.swap.gpu.kernels import SIGNATURES, ArgPack, Dim3
+from livefuse.swap.gpu.nvrtc import compile_kernels
 
 
 def arch(device: int = 0) -> str:
@@ -28,7 +28,7 @@ def _attr(which: str) -> Any:
 
 
 class CudaKernels:
-    """:class:`livefuse.gpu.kernels.Kernels` on the current GPU. Call after
+    """:class:`livefuse.swap.gpu.kernels.Kernels` on the current GPU. Call after
     :class:`livefuse.runtime.cuda.CudaDevice` made the device (and its context) current."""
 
     def __init__(self, device: int = 0) -> None:

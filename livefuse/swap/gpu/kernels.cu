@@ -1,13 +1,13 @@
 // livefuse's GPU frame path: face crop + model input, model output + paste-back, and
 // BGR -> YUV 4:2:0 for the virtual camera or an encoder.
 //
-// One source, two compilers: NVRTC compiles it for the GPU (livefuse/gpu/nvrtc.py), and g++
+// One source, two compilers: NVRTC compiles it for the GPU (livefuse/swap/gpu/nvrtc.py), and g++
 // compiles it with emulate.hpp (-DLF_EMULATE) into a CPU library that runs every thread of a
 // launch in a loop, so the tests check these very kernels against the CPU path on machines
 // without a GPU. Hence: plain C++ with no headers, no shared memory, no warp intrinsics, one
 // thread per output pixel (or 2x2 block), and floating point written out the same on both.
 //
-// Conventions (the same as livefuse.neural.align and OpenCV's warpAffine):
+// Conventions (the same as livefuse.geometry.align and OpenCV's warpAffine):
 // - frames are interleaved BGR uint8 with a row pitch in bytes;
 // - pixel centres are at integer coordinates; bilinear sampling; texels outside an image
 //   read as 0 (BORDER_CONSTANT);
@@ -128,7 +128,7 @@ LF_INLINE void lf_face_pixel(const void* out, const LfOutput& fmt, const LfColou
 
 // Grid covers the w x h frame box at (x0, y0). Each frame pixel maps into the crop with
 // to_crop, and blends the premultiplied face (face * mask) over frame * (1 - mask), rounding
-// where livefuse.neural.align.paste_back rounds. Where the mask is 0 the pixel is unchanged.
+// where livefuse.geometry.align.paste_back rounds. Where the mask is 0 the pixel is unchanged.
 // `out` is face n's model output, `mask` its S x S float blend mask.
 LF_KERNEL lf_paste_output(unsigned char* frame, int pitch, int x0, int y0, int w, int h, const void* out,
                           LfOutput fmt, int size, const float* mask, LfAffine to_crop, LfColour colour) {

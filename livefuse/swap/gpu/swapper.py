@@ -1,6 +1,6 @@
 """The GPU frame path as the swap stage: :class:`GpuPairSwapper` gives
-:class:`livefuse.gpu.path.GpuSwapPath` the ``prepare``/``commit`` shape the face selection
-(:class:`livefuse.neural.select.SelectingSwapper`) drives, and :func:`open_cuda_swapper`
+:class:`livefuse.swap.gpu.path.GpuSwapPath` the ``prepare``/``commit`` shape the face selection
+(:class:`livefuse.swap.select.SelectingSwapper`) drives, and :func:`open_cuda_swapper`
 assembles it on a CUDA GPU from a TensorRT runner.
 """
 
@@ -13,11 +13,11 @@ import numpy as np
 
 from livefuse.errors import ConfigError
 from livefuse.faces import Faces
-from livefuse.gpu.path import GpuSwapPath, ModelIO
-from livefuse.neural.crop import CropSpec
-from livefuse.neural.swapper import NeuralConfig
+from livefuse.geometry.crop import CropSpec
 from livefuse.runtime.base import Runner
-from livefuse.runtime.ring import Closeable
+from livefuse.runtime.device import Closeable
+from livefuse.swap.gpu.path import GpuSwapPath, ModelIO
+from livefuse.swap.neural.swapper import NeuralConfig
 
 #: Makes the path for frames of a width and height.
 PathFactory = Callable[[int, int], GpuSwapPath]
@@ -109,8 +109,8 @@ def open_cuda_swapper(
             f"{runner.provider}: build its engine (python scripts/build_engines.py --model {runner.name}) and use "
             "--runtime tensorrt (or --runtime torch), or use --frame-path cpu"
         )
-    from livefuse.gpu.launch import CudaKernels
     from livefuse.runtime.cuda import CudaDevice
+    from livefuse.swap.gpu.launch import CudaKernels
 
     io = model_io(runner, target, source)
     device = CudaDevice(0)

@@ -1,7 +1,7 @@
 """The kernels of ``kernels.cu`` as Python launches them: argument structs mirrored with
 ctypes, one preallocated argument pack per launch site, launch geometry, and the
-:class:`Kernels` protocol that the GPU (:mod:`livefuse.gpu.launch`) and the CPU emulator
-(:mod:`livefuse.gpu.emulate`) both implement.
+:class:`Kernels` protocol that the GPU (:mod:`livefuse.swap.gpu.launch`) and the CPU emulator
+(:mod:`livefuse.testing.emulate`) both implement.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from livefuse.neural.crop import CropSpec
+from livefuse.geometry.crop import CropSpec
 
-#: The kernel source and the emulator's two files, shipped inside the package.
-SOURCES = ("kernels.cu", "emulate.hpp", "emulate.cpp")
+#: The kernel source, shipped inside the package (the CPU emulator's own two files live in
+#: :mod:`livefuse.testing.emulate`, which compiles this source with them).
+SOURCES = ("kernels.cu",)
 
 #: Floats per crop row that ``lf_colour_moments`` writes.
 MOMENTS = 13
@@ -144,7 +145,7 @@ def grid_for(width: int, height: int, depth: int = 1, block: Dim3 = BLOCK) -> Di
 
 def source_text(name: str = "kernels.cu") -> str:
     """One of the shipped :data:`SOURCES`."""
-    return resources.files("livefuse.gpu").joinpath(name).read_text(encoding="utf-8")
+    return resources.files("livefuse.swap.gpu").joinpath(name).read_text(encoding="utf-8")
 
 
 def source_digest(names: Sequence[str] = SOURCES) -> str:

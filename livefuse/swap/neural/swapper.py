@@ -14,10 +14,10 @@ import numpy as np
 
 from livefuse.face.topology import FACE_OVAL, MOUTH_INNER
 from livefuse.faces import Faces
-from livefuse.neural import align
-from livefuse.neural.models import Enhancer, Occluder, Parser, SwapModel
+from livefuse.geometry import align
 from livefuse.scratch import Scratch
 from livefuse.swap.blend import colour_transfer, feathered_mask
+from livefuse.swap.neural.models import Enhancer, Occluder, Parser, SwapModel
 
 
 @dataclass(frozen=True)

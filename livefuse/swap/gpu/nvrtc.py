@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from livefuse.errors import KernelError
-from livefuse.gpu.kernels import source_text
+from livefuse.swap.gpu.kernels import source_text
 
 #: --fmad=false: no contraction into fused multiply-adds, so the GPU rounds as the CPU
 #: emulator does (these kernels are bound by memory traffic, not arithmetic).

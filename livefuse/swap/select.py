@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from livefuse.faces import Faces
-from livefuse.neural.models import Recognizer
+from livefuse.swap.neural.models import Recognizer
 
 #: Face modes, as the CLI offers them.
 FACE_MODES = ("one", "many", "map")

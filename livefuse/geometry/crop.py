@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from livefuse.neural.align import similarity
+from livefuse.geometry.align import similarity
 
 
 @dataclass(frozen=True)

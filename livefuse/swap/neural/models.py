@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 
 from livefuse.errors import ModelError
-from livefuse.neural import align
-from livefuse.neural.crop import CropSpec
+from livefuse.geometry import align
+from livefuse.geometry.crop import CropSpec
 from livefuse.runtime.base import Runner, TensorSpec, is_out_of_memory
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,5 @@ class Parser:
         self.crop.to_input(cv2.resize(face, (s, s), interpolation=cv2.INTER_AREA), self._blob[0])
         labels = self.runner.infer({self._input: self._blob})[0][0].argmax(0)
         classes = [c for c in PARSER_FACE if not (keep_mouth and c == PARSER_MOUTH)]
-        mask = np.isin(labels, classes).astype(np.float32)
-        mask = cv2.GaussianBlur(mask, (0, 0), 3)
-        return cv2.resize(mask, (face.shape[1], face.shape[0]), interpolation=cv2.INTER_LINEAR)
+        soft = cv2.GaussianBlur(np.isin(labels, classes).astype(np.float32), (0, 0), 3)
+        return cv2.resize(soft, (face.shape[1], face.shape[0]), interpolation=cv2.INTER_LINEAR)
