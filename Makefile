@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean images check-deploy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,23 @@ bench: $(VENV)/.test-installed
 	$(BIN)/python benchmarks/bench_swap.py
 	$(BIN)/python benchmarks/bench_webrtc.py
 	$(BIN)/python benchmarks/bench_jobs.py
+
+# The three container images (deploy/Dockerfile), with docker or DOCKER=podman; add
+# TENSORRT=1 for TensorRT in the CUDA images.
+DOCKER ?= docker
+IMAGE ?= livefuse
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+TENSORRT ?= 0
+images:
+	for target in cpu cuda12 cuda13; do \
+		$(DOCKER) build -f deploy/Dockerfile --target $$target --build-arg TENSORRT=$(TENSORRT) \
+			--build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION)-$$target . || exit 1; \
+	done
+
+# What CI checks of the deployment: compose + Kubernetes manifests, then the CPU image built and run.
+check-deploy:
+	bash deploy/ci/check_manifests.sh
+	bash deploy/ci/check_images.sh
 
 clean:
 	rm -rf $(VENV) .cache livefuse-demo

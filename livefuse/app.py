@@ -189,6 +189,8 @@ class Engine:
             opacity=s.opacity,
             enhance_every=s.enhance_every,
             enhance_strength=s.enhance_strength,
+            mask_style=s.mask_style,
+            relight=s.frame_path == "cpu",
         )
         if s.frame_path == "gpu":
             return self._gpu_path(model, latents, config, s)

@@ -15,6 +15,7 @@ from livefuse.config import (
     FaceMode,
     FramePath,
     MaskName,
+    MaskStyle,
     RuntimeName,
     Settings,
     integer,
@@ -34,6 +35,7 @@ _SWAP_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--enhance-every", "enhance_every", {"metavar": "N", "help": "enhance each face every N frames (4)"}),
     ("--enhance-strength", "enhance_strength", {"help": "0..1 blend of the enhanced face (0.8)"}),
     ("--mask", "mask", {"metavar": "LIST", "help": f"extra masks: {','.join(get_args(MaskName))}"}),
+    ("--mask-style", "mask_style", {"choices": get_args(MaskStyle), "help": "neural paste mask (face)"}),
     ("--faces", "faces", {"choices": get_args(FaceMode), "help": "which faces to swap (many)"}),
     ("--map", "map", {"action": "append", "metavar": "REF.jpg=SRC.jpg", "help": "map mode: REF's face gets SRC's"}),
     ("--map-threshold", "map_threshold", {"help": "map mode: similarity needed, -1..1 (0.35)"}),
@@ -211,6 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     from livefuse import commands, job_commands
+    from livefuse.container.process import stop_on_sigterm
+
+    stop_on_sigterm()  # as a container's PID 1, SIGTERM would otherwise be ignored
 
     handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
         "cam": commands.cam,

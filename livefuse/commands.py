@@ -17,6 +17,7 @@ import numpy as np
 
 from livefuse.app import Engine, home_of
 from livefuse.config import Settings
+from livefuse.container.process import writable_dir
 from livefuse.errors import ConfigError
 from livefuse.frame import Frame
 from livefuse.io.sinks import PreviewSink, VideoFileSink
@@ -156,6 +157,7 @@ def progress_printer(total: int | None, stream: TextIO = sys.stderr) -> Callable
 def demo(args: argparse.Namespace, settings: Settings) -> int:
     """Pull what is needed, swap the sample face into the sample clip, write video + still."""
     home = home_of(settings)
+    out_dir = writable_dir(args.output, "the demo's video and still")
     ModelInstaller(ModelStore(home)).pull(log=log.info)
     samples = SampleStore(home)
     samples.pull(log=log.info)
@@ -163,8 +165,6 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
     photo = Path(settings.swap.source) if settings.swap.source else samples.path(DEMO_SOURCE)
     # The sample person smiles and talks: keeping his own mouth interior looks natural.
     settings = replace(settings, swap=replace(settings.swap, keep_mouth=True))
-    out_dir: Path = args.output
-    out_dir.mkdir(parents=True, exist_ok=True)
     video = out_dir / "demo-swapped.mp4"
     still_at = 90  # a frame in the one-face part of the clip
     keep: dict[str, np.ndarray] = {}
@@ -246,8 +246,10 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 def doctor(args: argparse.Namespace, settings: Settings) -> int:
     """Print what this machine has for livefuse and what to fix; 1 when something blocks."""
     from livefuse import doctor as checkup
+    from livefuse.container import checks as container
 
     facts = checkup.gather(home_of(settings), args.engines, probe_bandwidth=args.probe)
-    problems = checkup.diagnose(facts)
-    print(checkup.render(facts, problems), end="")
+    box = container.gather(home_of(settings))
+    problems = checkup.diagnose(facts) + container.diagnose(box, facts)
+    print(checkup.render(facts, problems, container.report_lines(box)), end="")
     return 1 if any(p.blocks for p in problems) else 0

@@ -50,6 +50,8 @@ DetectorName = Literal["centerface", "scrfd_det_10g", "yunet_2023mar"]
 "centerface is built in; the others once installed."
 MaskName = Literal["occlusion", "parser", "mouth"]
 "Extra masks: occlusion (XSeg), parser (BiSeNet face parts), mouth."
+MaskStyle = Literal["face", "insightface"]
+"The neural paste-back's mask: the face outline at full opacity, or insightface's own (parity)."
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 #: The swapper built into livefuse (no weights); every other swapper is a model of the manifest.
@@ -99,6 +101,8 @@ class SwapSettings:
     enhance_strength: float = 0.8
     masks: frozenset[MaskName] = frozenset()
     "Extra masks (option ``mask``)."
+    mask_style: MaskStyle = "face"
+    "Neural paste mask: face (the face outline at full opacity) or insightface (its own mask, for parity)."
     faces: FaceMode = "many"
     mapping: tuple[tuple[str, str], ...] = ()
     "map mode (option ``map``): (reference photo, source photo) pairs; faces like REF get SRC's face."
@@ -369,6 +373,7 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({
         enhance_every=integer(1, 1000),
         enhance_strength=number(0, 1),
         mask=("masks", masks),
+        mask_style=choice(MaskStyle),
         faces=choice(FaceMode),
         map=("mapping", mapping),
         map_threshold=number(-1, 1),

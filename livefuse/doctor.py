@@ -121,12 +121,12 @@ class Problem:
 # --------------------------------------------------------------------------- diagnosis
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
+def version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", text))
 
 
 def _major_minor(text: str) -> tuple[int, int]:
-    parts = _version_tuple(text) + (0, 0)
+    parts = version_tuple(text) + (0, 0)
     return parts[0], parts[1]
 
 
@@ -161,7 +161,7 @@ def _driver_vs_runtime(facts: Facts, who: str, cuda: str, windows: bool) -> Prob
     floor = oldest[1 if windows else 0] if oldest else None
     too_old = (
         facts.driver_cuda is not None and _major_minor(facts.driver_cuda)[0] < _major_minor(cuda)[0]
-    ) or (facts.driver is not None and floor is not None and _version_tuple(facts.driver) < _version_tuple(floor))
+    ) or (facts.driver is not None and floor is not None and version_tuple(facts.driver) < version_tuple(floor))
     if too_old:
         return Problem("driver-insufficient", "error",
                        f"CUDA driver version is insufficient: {who} needs CUDA {cuda}, the driver "
@@ -469,9 +469,11 @@ def _model_lines(facts: Facts) -> list[str]:
     return lines or [_line("models", "none installed ('livefuse models pull')")]
 
 
-def render(facts: Facts, problems: Sequence[Problem]) -> str:
-    """The doctor's report: the facts, each model's backend and why, then each problem and its fix."""
-    lines = ["livefuse doctor", *_facts_lines(facts), *_model_lines(facts), ""]
+def render(facts: Facts, problems: Sequence[Problem], extra: Sequence[str] = ()) -> str:
+    """The doctor's report: the facts (``extra`` lines after them), each model's backend and why,
+    then each problem and its fix, errors first."""
+    problems = sorted(problems, key=lambda p: {"error": 0, "warning": 1, "info": 2}[p.severity])
+    lines = ["livefuse doctor", *_facts_lines(facts), *extra, *_model_lines(facts), ""]
     if not problems:
         lines.append("No problems found.")
     for p in problems:

@@ -73,14 +73,14 @@ def unwrapped(image: np.ndarray, points: np.ndarray, canon: np.ndarray, size: in
     from livefuse.swap.mesh import MeshSwapConfig, MeshSwapper
     from livefuse.swap.source import SourceFace
 
-    warp = MeshSwapper(SourceFace(image, points, 1), MeshSwapConfig(colour=False, feather=0.02))
+    warp = MeshSwapper(SourceFace(image, points, 1), MeshSwapConfig(colour=False, feather=0.02, open_mouth=np.inf))
     canvas = np.zeros((size, size, 3), np.uint8)
     warp.swap(canvas, Faces(np.zeros((1, 4), np.float32), np.ones(1, np.float32),
                             np.zeros((1, 5, 2), np.float32), landmarks=canon[None]))
     return cv2.cvtColor(canvas, cv2.COLOR_BGR2GRAY).astype(np.float32)
 
 
-def texture_similarity(a: np.ndarray, b: np.ndarray) -> float:
+def texture_similarity(a: np.ndarray, b: np.ndarray, exclude: np.ndarray | None = None) -> float:
     """Correlation of two unwrapped faces' details (a band-pass: the image minus its
     σ=4 px blur) over the face's interior, away from the blend's soft edge."""
     def detail(x: np.ndarray) -> np.ndarray:
@@ -88,6 +88,8 @@ def texture_similarity(a: np.ndarray, b: np.ndarray) -> float:
 
     interior = ((a > 0) & (b > 0)).astype(np.uint8)
     interior = cv2.erode(interior, np.ones((45, 45), np.uint8)) > 0
+    if exclude is not None:
+        interior &= ~exclude
     return float(np.corrcoef(detail(a)[interior], detail(b)[interior])[0, 1])
 
 

@@ -33,6 +33,8 @@ LAYERS: dict[str, int] = {
     # the composition root and what is built on it
     "app": 6,
     "web": 7, "doctor": 7,
+    # running inside a container: doctor's checks there, PID-1 signals, writable volumes
+    "container": 8,
     # the job service (on the server's app and errors) and the cluster (registry, gateway) on it
     "jobs": 8,
     "cluster": 9,

@@ -815,6 +815,24 @@ def test_token_is_required_off_localhost(engine: Engine, settings: Settings) -> 
     run(scenario())
 
 
+def test_healthz_answers_probes_without_the_token_and_counts_sessions(engine: Engine, settings: Settings) -> None:
+    async def scenario() -> None:
+        async with serving(engine, settings, host="0.0.0.0", token="s3cret-token-1234", max_sessions=3) as srv:
+            async with aiohttp.ClientSession(base_url=srv.url) as probe:  # a probe carries no token
+                async with probe.get("/healthz") as r:
+                    assert r.status == 200 and r.content_type == "application/json"
+                    assert await r.json() == {"status": "ok", "version": "0.1.0", "max_sessions": 3, "sessions": 0}
+                    assert r.headers["Cache-Control"] == "no-store"
+                pc, session = await bare_offer(srv)
+                async with probe.get("/healthz") as r:
+                    assert (await r.json())["sessions"] == 1
+                async with probe.post("/healthz") as r:
+                    assert r.status == 405, "only GET: the probe endpoint changes nothing"
+                await pc.close()
+
+    run(scenario())
+
+
 def test_loopback_server_refuses_other_host_names(engine: Engine, settings: Settings) -> None:
     async def scenario() -> None:
         async with serving(engine, settings) as srv:

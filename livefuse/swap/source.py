@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 #: Largest source photo accepted, in pixels per side (bigger ones are scaled down).
 MAX_SIDE = 4096
+#: A source face narrower than this (pixels) is upscaled onto most targets: it looks soft.
+SHARP_WIDTH = 160
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,12 @@ def analyse_source(
     if presence < 0.5:
         raise NoFaceError(
             f"the face in the source {name} is too unclear for the face mesh; use a sharper, frontal photo"
+        )
+    width = float(np.ptp(points[:, 0]))
+    if width < SHARP_WIDTH:
+        log.warning(
+            "the face in the source %s is only %d px wide: swapped faces will look soft; use a photo "
+            "with the face at least %d px across", name, width, SHARP_WIDTH,
         )
     return _crop(image, points, len(faces))
 

@@ -176,7 +176,7 @@ def auth_middleware(token: str | None) -> Any:
 
 def _is_public(path: str) -> bool:
     """Pages and static files carry no data: they load without the token (their API calls need it)."""
-    return path in ("/", "/favicon.ico") or path.startswith(_PUBLIC_PREFIXES)
+    return path in ("/", "/favicon.ico", "/healthz") or path.startswith(_PUBLIC_PREFIXES)
 
 
 def _token_ok(request: web.Request, token: str) -> bool:

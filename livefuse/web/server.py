@@ -18,6 +18,7 @@ Routes (every one except the pages and static files needs the token when one is 
 ``DELETE /whip/{id}``                  end a WHIP session
 ``POST /whep/{session}``               WHEP viewer (``application/sdp``) → 201 + Location
 ``DELETE /whep/{session}/{viewer}``    end a viewer
+``GET /healthz``                       liveness for container health checks (no token)
 ====================================  ==================================================
 
 Layers above add their own routes and background work through an ``Extension`` (the job
@@ -47,6 +48,7 @@ from livefuse.errors import ConfigError
 from livefuse.models.store import ModelStore
 from livefuse.samples import SampleStore
 from livefuse.web.errors import ApiError
+from livefuse.web.health import add_health_route
 from livefuse.web.http import (
     MAX_SMALL_BODY,
     SESSION_KEYS,
@@ -186,6 +188,7 @@ def create_app(
     app[MANAGER] = manager
     app[UPLOADS] = uploads
     Api(config, manager).add_routes(app)
+    add_health_route(app, manager, config.max_sessions)
     if extension is not None and extension.routes is not None:
         extension.routes(app, engine, lambda: len(manager))
     app.on_response_prepare.append(security_headers)

@@ -16,8 +16,11 @@ from livefuse.face.topology import FACE_OVAL, MOUTH_INNER
 from livefuse.faces import Faces
 from livefuse.geometry import align
 from livefuse.scratch import Scratch
-from livefuse.swap.blend import colour_transfer, feathered_mask
+from livefuse.swap.blend import colour_transfer
 from livefuse.swap.neural.models import Enhancer, Occluder, Parser, SwapModel
+from livefuse.swap.pastemask import covering_mask, insightface_mask
+from livefuse.swap.relight import relight
+from livefuse.swap.visible import cut
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,14 @@ class NeuralConfig:
     "0..1 blend of the enhanced face over the swapped one."
     colour_every: int = 8
     "Re-measure a face's colour transfer every N frames (skin colour changes slowly)."
+    relight: bool = False
+    "Put the target's low-frequency light on the swapped crop (CPU frame path; the GPU path has no kernel for it yet)."
+    mask_style: str = "face"
+    "Paste mask: 'face' (the mesh's face outline, full opacity) or 'insightface' (its erode-and-blur mask)."
+
+
+#: The face's width as a share of the aligned crop's side (the relighting grid's scale).
+RELIGHT_FACE = 0.6
 
 
 def box_mask(size: int, blur: float = 0.3) -> np.ndarray:
@@ -58,21 +69,30 @@ def face_mask(
     keep_mouth: bool,
     scratch: Scratch,
     out: np.ndarray | None = None,
+    style: str = "face",
+    frame_shape: tuple[int, ...] = (0, 0),
 ) -> np.ndarray:
-    """Face ``i``'s blend mask in its crop, in ``out`` or a new array: the feathered ``box`` ∧
-    the face outline from the mesh where there is one, with the mouth interior left out when asked."""
-    if faces.landmarks is None:
+    """Face ``i``'s blend mask in its crop, in ``out`` or a new array, with the mouth interior
+    left out when asked. Style "face": the face outline from the mesh at full opacity, soft
+    only at its border (the feathered ``box`` where there is no mesh); "insightface":
+    insightface's own erode-and-blur paste mask (it needs the frame's ``frame_shape``)."""
+    size = box.shape[0]
+    if style == "insightface":
+        mask = insightface_mask(size, matrix, frame_shape, out)
+    elif faces.landmarks is None:
         if out is None:
             return box.copy()
         np.copyto(out, box)
         return out
-    size = box.shape[0]
+    if faces.landmarks is None:
+        return mask
     pts = faces.landmarks[i, :, :2] @ matrix[:, :2].T + matrix[:, 2]
     mouth = [pts[MOUTH_INNER]] if keep_mouth else []
-    # The outline keeps the paste to the face itself: a smaller region to blend than the
-    # whole crop, and no square edge across hair or background.
-    outline = feathered_mask((size, size), pts[FACE_OVAL], mouth, 0.06 * size, scratch, factor=4)
-    return np.minimum(outline, box, out=out)
+    if style == "insightface":
+        cut(mask, mouth)
+        return mask
+    # The outline keeps the paste to the face itself: no square edge across hair or background.
+    return covering_mask(size, pts[FACE_OVAL], mouth, scratch, out=out)
 
 
 def settle_mask(mask: np.ndarray, opacity: float) -> None:
@@ -118,6 +138,7 @@ class NeuralSwapper:
 
     def __post_init__(self) -> None:
         self._box = box_mask(self.model.crop.size)
+        self._skin = (self._box > 0.5).astype(np.float32)
 
     def swap(self, image: np.ndarray, faces: Faces) -> None:
         """Put source 0 onto every face of ``faces``; all or nothing."""
@@ -141,7 +162,7 @@ class NeuralSwapper:
         patches = []
         for (i, _), m, target, out in zip(pairs, matrices, targets, outputs, strict=True):
             face = self._finish(spec.to_image(out), target, track_key(faces, i))
-            mask = self._mask(target, faces, i, m)
+            mask = self._mask(target, faces, i, m, image.shape)
             if self.enhancer is not None:
                 patches.append(self._enhanced(image, faces, i, face, mask, m))
             else:
@@ -164,16 +185,22 @@ class NeuralSwapper:
             self._colours[track] = (transfer, age + 1)
             if transfer is not None:
                 face = cv2.transform(face, transfer)
+            if self.config.relight:
+                # The target's low-frequency light on top: no step where the paste meets the frame.
+                face = relight(face, target, self._skin, RELIGHT_FACE * face.shape[1], self._scratch)
         if self.config.sharpness > 0:
             blur = cv2.GaussianBlur(face, (0, 0), 1.0)
             face = cv2.addWeighted(face, 1 + self.config.sharpness, blur, -self.config.sharpness, 0)
         return face
 
-    def _mask(self, target: np.ndarray, faces: Faces, i: int, matrix: np.ndarray) -> np.ndarray:
+    def _mask(
+        self, target: np.ndarray, faces: Faces, i: int, matrix: np.ndarray, frame_shape: tuple[int, ...]
+    ) -> np.ndarray:
         """The crop's blend mask: :func:`face_mask` ∧ visible (occluder) ∧ face parts (parser),
         with the mouth left out when asked."""
         keep_mouth = self.config.keep_mouth and self.parser is None
-        mask = face_mask(self._box, faces, i, matrix, keep_mouth, self._scratch)
+        style = self.config.mask_style
+        mask = face_mask(self._box, faces, i, matrix, keep_mouth, self._scratch, style=style, frame_shape=frame_shape)
         if self.occluder is not None:
             np.minimum(mask, self.occluder.visible(target), out=mask)
         if self.parser is not None:

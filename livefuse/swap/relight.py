@@ -1,0 +1,54 @@
+"""Lighting and skin tone: the source face's detail under the target's low-frequency light.
+
+Each colour channel of the warped source face is multiplied by the ratio of the target's and
+the source's smoothed colour, both measured over skin only (normalised convolution: eyes,
+brows, lips and the background do not enter the averages). The result's low frequencies are
+then the target's own, so the face joins the surrounding skin with no step, and carries the
+target's shading and tone; the source's detail (its features) stays.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from livefuse.scratch import Scratch
+from livefuse.swap.blend import low_res
+
+#: The light is measured on a grid this many cells across the face, smoothed over ~1.5
+#: cells: coarse enough that the target's features do not ghost in, fine enough for shading.
+CELLS = 6
+SIGMA = 1.5
+
+
+def relight(face: np.ndarray, target: np.ndarray, skin: np.ndarray, face_w: float, scratch: Scratch) -> np.ndarray:
+    """``face`` (BGR uint8, the warped source) relit to ``target`` (same shape) over ``skin``
+    (weights in 0..1, any resolution: it is resized to the grid). Returns BGR uint8.
+
+    Frequency bands: result = target's low band + the source's detail band (source − its low
+    band), the detail scaled by one gain per face (the square root of the two faces' luma
+    ratio): a dark-skinned source's shadows do not blow out to white on a pale target, and a
+    pale source's detail does not vanish on a dark one.
+    """
+    shape = face.shape[:2]
+    step = max(1, int(face_w / CELLS))
+    size = low_res(shape, step)
+    wgt = cv2.resize(skin, size, interpolation=cv2.INTER_AREA)
+    total = float(wgt.sum())
+    if total < 4:
+        return face
+    src = cv2.resize(face, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    dst = cv2.resize(target, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    weight = cv2.GaussianBlur(wgt, (0, 0), SIGMA) + 1e-4
+    w3 = wgt[..., None]
+    s = cv2.GaussianBlur(src * w3, (0, 0), SIGMA) / weight[..., None]
+    d = cv2.GaussianBlur(dst * w3, (0, 0), SIGMA) / weight[..., None]
+    ratio = float((d * w3).sum() + 1) / float((s * w3).sum() + 1)
+    gain = float(np.clip(np.sqrt(ratio), 0.6, 1.5))
+    offset = d - gain * s
+    full = scratch.get("relight_offset", (*shape, 3), np.float32)
+    cv2.resize(offset, (shape[1], shape[0]), dst=full, interpolation=cv2.INTER_LINEAR)
+    out = scratch.get("relight_out", (*shape, 3), np.float32)
+    np.multiply(face, gain, out=out, casting="unsafe")
+    out += full
+    return cv2.convertScaleAbs(out)

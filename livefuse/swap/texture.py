@@ -1,0 +1,187 @@
+"""The source face prepared as a texture, once per source photo: only its visible skin.
+
+- Hair or anything else lying on the face (a fringe, glasses frames) is found against a skin
+  model fitted to the source's own cheeks and painted over from the skin around it; a
+  triangle mostly covered is not used at all (the target shows through there).
+- The outline is sampled from just inside the face, never from hair, ears or background.
+- A triangle that faces away from the camera or is strongly foreshortened in the photo takes
+  its texture from its mirror image on the other half of the face.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from livefuse.face.canonical import TRIANGLES
+from livefuse.face.surface import BROW_LEFT, BROW_RIGHT, EYE_LEFT, EYE_RIGHT, LIPS_OUTER, MIRROR, facing
+from livefuse.face.topology import FACE_OVAL
+from livefuse.swap.source import SourceFace
+
+#: On the source side the outline is pulled in this much towards the face's centre: the mesh
+#: outline follows the silhouette, where a photo's pixels are partly hair, ears or background.
+SOURCE_INSET = 0.92
+#: A source triangle whose facing (cosine to the camera) is below this is foreshortened...
+MIN_SOURCE_FACING = 0.2
+#: ...and takes its mirror image's texture when that one faces the camera this much better.
+MIRROR_GAIN = 0.3
+#: A triangle with more than this share of its pixels covered (hair, frames) is not used.
+MAX_COVERED = 0.4
+#: Cheek points (image-left, then image-right) whose skin the skin model is fitted to.
+CHEEKS = np.array([50, 101, 205, 187, 280, 330, 425, 411])
+#: The forehead and temples, where hair falls over the face: the top of the outline from
+#: temple to temple, then back along the upper edges of the brows.
+FOREHEAD = np.array([
+    127, 162, 21, 54, 103, 67, 109, 10, 338, 297, 332, 284, 251, 389, 356,
+    300, 293, 334, 296, 336, 107, 66, 105, 63, 70,
+])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SourceTexture:
+    """One source face: per-triangle source coordinates and its texture at several sizes,
+    smallest first (``levels[k] = (image, (T, 3, 2) triangle coordinates)``)."""
+
+    usable: np.ndarray
+    "(T,) bool: triangles with texture (False: covered in the photo; the target shows through)."
+    mirrored: np.ndarray
+    "(T,) bool: triangles textured from their mirror image."
+    covered: np.ndarray
+    "(h, w) bool at the photo crop's size: pixels found covering the skin (replaced)."
+    levels: tuple[tuple[np.ndarray, np.ndarray], ...]
+    width: float
+    "The source face's width in pixels at full size."
+
+    @classmethod
+    def of(cls, source: SourceFace) -> SourceTexture:
+        points = source.points
+        pts = inset_outline(points[:, :2])
+        covered = covered_skin(source.image, points)
+        image = cv2.inpaint(source.image, covered.view(np.uint8), 5, cv2.INPAINT_TELEA) if covered.any() else source.image
+        image = evenly_lit(image, points)
+        image = face_only(image, points)
+        own = pts[TRIANGLES]
+        # The mirror image of triangle (a, b, c) is (M[a], M[b], M[c]), wound the other way.
+        mirror = pts[MIRROR[TRIANGLES]]
+        own_facing, mirror_facing = facing(points), facing(points, MIRROR[TRIANGLES][:, ::-1])
+        own_cover, mirror_cover = triangle_share(covered, own), triangle_share(covered, mirror)
+        mirrored = (own_facing < MIN_SOURCE_FACING) & (mirror_facing > own_facing + MIRROR_GAIN)
+        tri = np.where(mirrored[:, None, None], mirror, own)
+        usable = np.where(mirrored, mirror_cover, own_cover) <= MAX_COVERED
+        levels = [(image, tri)]
+        while np.ptp(levels[-1][1][..., 0]) > 96:
+            img, t = levels[-1]
+            levels.append((cv2.pyrDown(img), t / 2))
+        return cls(usable, mirrored, covered, tuple(levels[::-1]), float(np.ptp(points[:, 0])))
+
+    def level(self, face_w: float) -> tuple[np.ndarray, np.ndarray]:
+        """The smallest texture at least as wide as the target face (no aliasing)."""
+        for texture, tri in self.levels:
+            if np.ptp(tri[..., 0]) >= face_w:
+                return texture, tri
+        return self.levels[-1]
+
+
+#: The photo's own light is measured at this scale (Gaussian sigma, share of the face width).
+LIGHT_SCALE = 0.08
+
+
+def evenly_lit(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``image`` with the face's own shading taken out: its luma divided by its smoothed luma
+    over the skin (normalised convolution: eyes, brows, lips and background do not count),
+    so a side-lit photo's dark half and bright highlights are not carried onto the target,
+    whose own light the swapper then puts on."""
+    xy = points[:, :2]
+    face_w = float(np.ptp(xy[:, 0]))
+    skin = np.zeros(image.shape[:2], np.uint8)
+    cv2.fillPoly(skin, [np.round(inset_outline(xy)[FACE_OVAL]).astype(np.int32)], 1)
+    for part in (EYE_LEFT, EYE_RIGHT, BROW_LEFT, BROW_RIGHT, LIPS_OUTER):
+        cv2.fillConvexPoly(skin, cv2.convexHull(np.round(xy[part]).astype(np.int32)), 0)
+    luma = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    w = skin.astype(np.float32)
+    sigma = LIGHT_SCALE * face_w
+    low = cv2.GaussianBlur(luma * w, (0, 0), sigma) / (cv2.GaussianBlur(w, (0, 0), sigma) + 1e-3)
+    level = float(np.median(luma[skin > 0])) if skin.any() else float(luma.mean())
+    gain = np.clip((level + 8) / (low + 8), 0.67, 1.5)
+    return cv2.convertScaleAbs(image.astype(np.float32) * gain[..., None])
+
+
+def face_only(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``image`` with every pixel outside the face outline replaced by the nearest pixel
+    inside it: no sample of the texture (its smaller copies blurred from it included) can
+    then carry background, hair or ears in from past the outline."""
+    inside = np.zeros(image.shape[:2], np.uint8)
+    cv2.fillPoly(inside, [np.round(points[FACE_OVAL, :2]).astype(np.int32)], 1)
+    inside = cv2.erode(inside, np.ones((3, 3), np.uint8))
+    if not inside.any():
+        return image
+    # Labels of the nearest zero pixel of (1 − inside), i.e. the nearest inside pixel.
+    _, labels = cv2.distanceTransformWithLabels(1 - inside, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    ys, xs = np.nonzero(inside == 1)
+    # DIST_LABEL_PIXEL numbers the zero pixels in row-major order, as np.nonzero lists them.
+    lut_y = np.concatenate([[0], ys])
+    lut_x = np.concatenate([[0], xs])
+    return image[lut_y[labels], lut_x[labels]]
+
+
+def inset_outline(points: np.ndarray) -> np.ndarray:
+    """(N, 2) source points with the face outline pulled ``SOURCE_INSET`` towards the centre."""
+    out = points.astype(np.float32)
+    oval = out[FACE_OVAL]
+    centre = oval.mean(0)
+    out[FACE_OVAL] = centre + SOURCE_INSET * (oval - centre)
+    return out
+
+
+def covered_skin(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Pixels inside the face outline that are not its skin, (h, w) bool: of another colour
+    than the cheeks anywhere (background or hair inside the outline of a turned face, glasses
+    frames), brighter and paler (grey or white hair), or much darker on the forehead and
+    temples (a fringe, strands of hair).
+
+    Darkness counts only up there: lower down, creases and shadows beside the nose and mouth
+    are as dark as hair and belong to the face."""
+    h, w = image.shape[:2]
+    xy = points[:, :2]
+    face_w = float(np.ptp(xy[:, 0]))
+    ycc = cv2.cvtColor(image, cv2.COLOR_BGR2YCrCb).astype(np.float32)
+    cheeks = np.zeros((h, w), np.uint8)
+    for p in xy[CHEEKS]:
+        cv2.circle(cheeks, (int(p[0]), int(p[1])), max(2, int(0.04 * face_w)), 1, -1)
+    skin = ycc[cheeks > 0]
+    if len(skin) < 20:
+        return np.zeros((h, w), bool)
+    mean = np.median(skin, 0)
+    spread = np.maximum(1.4826 * np.median(np.abs(skin - mean), 0), [8.0, 4.0, 4.0])
+    face = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(face, [np.round(points[FACE_OVAL, :2]).astype(np.int32)], 1)
+    forehead = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(forehead, [np.round(inset_outline(xy)[FOREHEAD]).astype(np.int32)], 1)
+    features = np.zeros((h, w), np.uint8)
+    for part in (EYE_LEFT, EYE_RIGHT, BROW_LEFT, BROW_RIGHT, LIPS_OUTER):
+        cv2.fillConvexPoly(features, cv2.convexHull(np.round(xy[part]).astype(np.int32)), 1)
+    cv2.dilate(features, np.ones((3, 3), np.uint8), dst=features, iterations=max(1, int(0.02 * face_w)))
+    z = (ycc - mean) / spread
+    dark = (-z[..., 0] > 4.0) & (forehead > 0)
+    chroma = np.hypot(z[..., 1], z[..., 2])
+    hue = chroma > 6.0
+    # Grey or white hair: brighter than the skin and less coloured.
+    pale = (z[..., 0] > 2.5) & (chroma > 3.0)
+    found = ((dark | hue | pale) & (face > 0) & (features == 0)).view(np.uint8)
+    # Drop single noisy pixels, then grow a little to take in the strands' soft edges.
+    found = cv2.morphologyEx(found, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
+    found = cv2.dilate(found, np.ones((3, 3), np.uint8), iterations=2)
+    return (found > 0) & (face > 0)
+
+
+def triangle_share(mask: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """(T,) share of each triangle's pixels (``triangles`` (T, 3, 2)) where ``mask`` is set."""
+    ids = np.full(mask.shape, -1, np.int32)
+    for i, t in enumerate(np.round(triangles * 16).astype(np.int32)):
+        cv2.fillConvexPoly(ids, t, i, cv2.LINE_8, 4)
+    inside = ids >= 0
+    total = np.bincount(ids[inside], minlength=len(triangles))
+    hit = np.bincount(ids[inside & mask], minlength=len(triangles))
+    return hit / np.maximum(total, 1)

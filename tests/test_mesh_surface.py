@@ -1,0 +1,126 @@
+"""The mesh swap's exactly stateable properties: texture only from the source's face, the
+target's turned-away triangles left alone, mirrored texture for the source's turned-away
+triangles, covered forehead skin found, and a warning for small source faces."""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+import pytest
+
+from livefuse.app import Engine
+from livefuse.config import load_settings
+from livefuse.face.canonical import TRIANGLES
+from livefuse.face.surface import INNER_TRIANGLES, MIRROR, facing
+from livefuse.face.topology import FACE_OVAL
+from livefuse.swap.mesh import MIN_FACING, MeshSwapConfig, MeshSwapper
+from livefuse.swap.source import SourceFace, analyse_source
+from livefuse.swap.texture import FOREHEAD, SourceTexture, inset_outline
+from tests.helpers import frame_of
+
+PLAIN = MeshSwapConfig(colour=False)
+
+
+@pytest.fixture(scope="module")
+def engine(livefuse_home):
+    with Engine(load_settings({"threads": 2, "home": str(livefuse_home)}, env={})) as e:
+        yield e
+
+
+@pytest.fixture(scope="module")
+def obama(engine, livefuse_home):
+    return engine.source_face(livefuse_home / "samples" / "obama.jpg")[1]
+
+
+@pytest.fixture(scope="module")
+def targets(engine, livefuse_home):
+    out = {}
+    for name in ("biden.jpg", "t1.jpg"):
+        image = cv2.imread(str(livefuse_home / "samples" / name))
+        out[name] = image, engine.tracker().analyze(frame_of(image))
+    return out
+
+
+def polygon_mask(shape: tuple[int, ...], points: np.ndarray) -> np.ndarray:
+    m = np.zeros(shape[:2], np.uint8)
+    cv2.fillPoly(m, [np.round(points).astype(np.int32)], 1)
+    return m > 0
+
+
+def test_no_texture_from_outside_the_source_face(obama, targets):
+    # Everything in the source photo outside the mesh's face outline becomes pure green:
+    # if any of it were sampled, the swapped face would show green.
+    image = obama.image.copy()
+    image[~polygon_mask(image.shape, obama.points[FACE_OVAL, :2])] = (0, 255, 0)
+    source = SourceFace(image, obama.points, 1)
+    for target, faces in targets.values():
+        out = target.copy()
+        MeshSwapper(source, PLAIN).swap(out, faces)
+        b, g, r = (out.astype(int)[..., c] for c in range(3))
+        greenish = (g - np.maximum(r, b) > 40) & (out != target).any(2)
+        assert greenish.sum() == 0, f"{greenish.sum()} pixels took the source's background"
+
+
+def test_target_triangles_turned_away_are_not_painted(obama, targets):
+    image, faces = targets["t1.jpg"]
+    swapper = MeshSwapper(obama, PLAIN)
+    culled_total = 0
+    for i, points in enumerate(faces.landmarks):
+        turned = (facing(points) < MIN_FACING) & ~INNER_TRIANGLES
+        culled_total += int(turned.sum())
+        (patch,) = swapper.prepare(image, faces, [(i, 0)])
+        ids = patch.scratch.get("ids", patch.scratch.get("ids", (1,), np.int32).shape, np.int32)
+        # The rasterised surface holds no turned-away triangle, and nothing is blended
+        # where no triangle is painted.
+        assert not np.isin(ids, np.flatnonzero(turned)).any()
+    assert culled_total > 20, "the group photo's turned faces have triangles facing away"
+
+
+def test_source_triangles_turned_away_take_the_mirror_image(obama, targets):
+    # The source's image-left half squashed towards the midline, as if turned away: its
+    # triangles whose mirror images face the camera take their texture from those.
+    points = obama.points.copy()
+    mid = float(points[MIRROR == np.arange(len(MIRROR)), 0].mean())
+    left = points[:, 0] < mid
+    points[left, 0] = mid - 0.15 * (mid - points[left, 0])
+    texture = SourceTexture.of(SourceFace(obama.image, points, 1))
+    squashed = left[TRIANGLES].all(1) & (facing(points) < 0.2)
+    well_seen = facing(points, MIRROR[TRIANGLES][:, ::-1]) > 0.6
+    assert (squashed & well_seen).sum() > 30
+    assert texture.mirrored[squashed & well_seen].all()
+    np.testing.assert_allclose(
+        texture.levels[-1][1][texture.mirrored], inset_outline(points[:, :2])[MIRROR[TRIANGLES[texture.mirrored]]]
+    )
+    assert not texture.mirrored[(~left)[TRIANGLES].all(1)].any()
+
+
+def test_hair_on_the_source_forehead_is_not_pasted(obama, targets):
+    # Dark strands drawn across the source's forehead (a fringe).
+    image = obama.image.copy()
+    forehead = polygon_mask(image.shape, obama.points[FOREHEAD, :2])
+    strands = np.zeros(image.shape[:2], np.uint8)
+    ys, xs = np.nonzero(forehead)
+    for x in range(int(xs.min()), int(xs.max()), 9):
+        cv2.line(strands, (x, int(ys.min())), (x + 12, int(ys.max())), 1, 3)
+    strands = (strands > 0) & forehead
+    image[strands] = (20, 15, 10)
+    texture = SourceTexture.of(SourceFace(image, obama.points, 1))
+    assert texture.covered[strands].mean() > 0.8
+    target, faces = targets["biden.jpg"]
+    plain, fringed = target.copy(), target.copy()
+    MeshSwapper(obama, PLAIN).swap(plain, faces)
+    MeshSwapper(SourceFace(image, obama.points, 1), PLAIN).swap(fringed, faces)
+    dark = lambda x: cv2.cvtColor(x, cv2.COLOR_BGR2GRAY) < 45  # noqa: E731
+    pasted = (dark(fringed) & ~dark(plain)).sum()
+    assert pasted < 0.01 * strands.sum(), f"{pasted} px of the fringe's dark strands were pasted"
+
+
+def test_small_source_face_warns(engine, livefuse_home, caplog):
+    photo = cv2.imread(str(livefuse_home / "samples" / "obama.jpg"))
+    with caplog.at_level(logging.WARNING, logger="livefuse.swap.source"):
+        analyse_source(photo, engine.detector(), engine.landmarker())
+        assert "look soft" not in caplog.text
+        analyse_source(cv2.resize(photo, None, fx=0.3, fy=0.3), engine.detector(), engine.landmarker())
+    assert "look soft" in caplog.text
