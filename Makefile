@@ -31,6 +31,7 @@ bench: $(VENV)/.test-installed
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_swap.py
 	$(BIN)/python benchmarks/bench_webrtc.py
+	$(BIN)/python benchmarks/bench_jobs.py
 
 # The three container images (deploy/Dockerfile), with docker or DOCKER=podman; add
 # TENSORRT=1 for TensorRT in the CUDA images.

@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--vcam-device", dest="vcam_device", default=None, help="virtual camera (Linux: /dev/videoN)")
     serve.add_argument("--vcam-backend", dest="vcam_backend", default=None, help="v4l2loopback, obs or unitycapture")
 
+    _add_job_commands(commands, serve)
+
     doctor = commands.add_parser("doctor", help="check the GPU, driver, runtimes and engines; say what to fix")
     doctor.add_argument("--home", default=None, help="models and samples directory")
     doctor.add_argument("--engines", type=Path, default=None, metavar="DIR", help="TensorRT engines (HOME/engines)")
@@ -157,6 +159,58 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--verify", action="store_true", help="check the hash chain (exit 2 when broken)")
     audit.add_argument("--home", default=None, help="models and samples directory (where the log lives)")
     return parser
+
+
+def _add_job_commands(commands: Any, serve: argparse.ArgumentParser) -> None:
+    """The job service's options on ``serve``, and the ``jobs``, ``worker`` and ``gateway`` commands."""
+    serve.add_argument("--job-workers", type=int, default=1, metavar="N", help="job worker threads (1)")
+    serve.add_argument("--queue", default=None, metavar="redis://HOST:6379/0",
+                       help="send jobs to 'livefuse worker' processes through Redis instead")
+    serve.add_argument("--storage", type=Path, default=None, metavar="DIR",
+                       help="job files (HOME/jobs/files); with --queue, a directory the workers share")
+    serve.add_argument("--job-db", type=Path, default=None, metavar="FILE", help="job table (HOME/jobs/jobs.sqlite3)")
+    serve.add_argument("--max-job-upload", default="2GB", metavar="SIZE", help="largest video per job (2GB)")
+    serve.add_argument("--job-quota", default=None, metavar="SIZE", help="most space all jobs may take (none)")
+    serve.add_argument("--advertise", default=None, metavar="URL",
+                       help="with --queue: the address the gateway reaches this server at (http://HOST:PORT)")
+    serve.add_argument("--job-retention", type=float, default=24.0, metavar="HOURS",
+                       help="how long finished jobs are kept (24)")
+
+    jobs = commands.add_parser("jobs", help="submit, follow, cancel and fetch jobs on a livefuse server")
+    jobs_cmd = jobs.add_subparsers(dest="action", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--server", default="http://127.0.0.1:8080", help="the server (http://127.0.0.1:8080)")
+    common.add_argument("--token", default=None, help="the server's access token")
+    submit = jobs_cmd.add_parser("submit", parents=[common], help="upload a face and a video/image as a job")
+    submit.add_argument("--source", dest="source_photo", type=Path, required=True, metavar="FACE.jpg")
+    submit.add_argument("--input", type=Path, required=True, help="the video or image to swap faces in")
+    submit.add_argument("--option", action="append", metavar="KEY=VALUE", help="a swap option, e.g. keep_mouth=true")
+    submit.add_argument("--output", type=Path, default=None, help="wait, then download the result here")
+    submit.add_argument("--wait", action="store_true", help="wait for the job, showing its progress")
+    listing = jobs_cmd.add_parser("list", parents=[common], help="the newest jobs")
+    listing.add_argument("--state", default=None, choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    listing.add_argument("--limit", type=int, default=50)
+    for name, text in (("show", "one job"), ("wait", "wait for a job"), ("cancel", "cancel or delete a job")):
+        action = jobs_cmd.add_parser(name, parents=[common], help=text)
+        action.add_argument("id", metavar="ID")
+        if name == "wait":
+            action.add_argument("--output", "-o", type=Path, default=None, help="then download the result here")
+    fetch = jobs_cmd.add_parser("fetch", parents=[common], help="download a job's result")
+    fetch.add_argument("id", metavar="ID")
+    fetch.add_argument("--output", "-o", type=Path, required=True)
+
+    worker = commands.add_parser("worker", help="run jobs from a Redis queue (models kept warm)")
+    _add_swap_options(worker)
+    worker.add_argument("--queue", required=True, metavar="redis://HOST:6379/0", help="the server's Redis")
+    worker.add_argument("--storage", type=Path, required=True, metavar="DIR", help="the job files the server shares")
+    worker.add_argument("--gpu", type=int, default=None, metavar="N", help="the GPU this worker uses (one per GPU)")
+    worker.add_argument("--burst", action="store_true", help="quit when the queue is empty")
+
+    gateway = commands.add_parser("gateway", help="one address in front of several 'serve --queue' workers")
+    gateway.add_argument("--queue", required=True, metavar="redis://HOST:6379/0", help="the workers' Redis")
+    gateway.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    gateway.add_argument("--port", type=int, default=8000, help="TCP port (8000; 0 picks a free one)")
+    gateway.add_argument("--token", default=None, help="the access token (the workers' token)")
 
 
 def _ranged(parse: Callable[[Any], Any]) -> Callable[[str], Any]:
@@ -184,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from livefuse import commands
+    from livefuse import commands, job_commands
     from livefuse.container.process import stop_on_sigterm
 
     stop_on_sigterm()  # as a container's PID 1, SIGTERM would otherwise be ignored
@@ -199,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "doctor": commands.doctor,
         "verify": commands.verify,
         "audit": commands.audit,
+        "jobs": job_commands.jobs,
+        "worker": job_commands.worker,
+        "gateway": job_commands.gateway,
     }
     try:
         settings = _settings(args)

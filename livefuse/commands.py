@@ -254,8 +254,18 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         ) from exc
     if args.force_label:  # every session's output carries the label
         settings = with_options(settings, {"label": settings.safeguards.label or DEFAULT_LABEL})
+
+    from livefuse.jobs.setup import jobs_config, jobs_routes
+    from livefuse.web.server import Extension
+
     config = web.ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions)
-    return web.serve(config, settings)
+    jobs = jobs_config(args, settings)
+    listening = None
+    if jobs.queue:  # a worker behind 'livefuse gateway': it registers in the same Redis
+        from livefuse.cluster.registry import registration
+
+        listening = registration(jobs.queue, jobs.advertise)
+    return web.serve(config, settings, extension=Extension(jobs_routes(jobs, settings), listening))
 
 
 def doctor(args: argparse.Namespace, settings: Settings) -> int:

@@ -35,10 +35,14 @@ LAYERS: dict[str, int] = {
     "web": 7, "doctor": 7,
     # running inside a container: doctor's checks there, PID-1 signals, writable volumes
     "container": 8,
-    "commands": 9,
-    "cli": 10, "__main__": 11,
+    # the job service (on the server's app and errors) and the cluster (registry, gateway) on it
+    "jobs": 8,
+    "cluster": 9,
+    "commands": 10,
+    "job_commands": 11,
+    "cli": 12, "__main__": 13,
     # the public API re-exports from every layer
-    "__init__": 12,
+    "__init__": 14,
 }
 
 

@@ -21,6 +21,9 @@ Routes (every one except the pages and static files needs the token when one is 
 ``GET /healthz``                       liveness for container health checks (no token)
 ====================================  ==================================================
 
+Layers above add their own routes and background work through an ``Extension`` (the job
+service's ``/api/jobs…`` and the gateway registration do), so this module imports none of them.
+
 Errors are JSON ``{"error": message}`` with a status that fits; a bug answers 500 with no
 details (they go to the server log), never a traceback.
 """
@@ -31,10 +34,11 @@ import asyncio
 import logging
 import secrets
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -155,8 +159,21 @@ UPLOADS = web.AppKey("uploads", PrivateDir)
 WATCHER = web.AppKey("watcher", asyncio.Task)
 
 
-def create_app(config: ServerConfig, settings: Settings, engine: Engine) -> web.Application:
-    """The aiohttp application. ``engine`` stays the caller's to close.
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """What a layer above adds to the server without this module importing it."""
+
+    routes: Callable[[web.Application, Engine, Callable[[], int]], None] | None = None
+    "Adds routes (and their start-up/clean-up) to the app, given the engine and the live-session count."
+    listening: Callable[[str, Callable[[], tuple[int, int]]], Coroutine[Any, Any, None]] | None = None
+    "Runs while the server listens, given its URL and its (free, max) session slots; cancelled at stop."
+
+
+def create_app(
+    config: ServerConfig, settings: Settings, engine: Engine, extension: Extension | None = None
+) -> web.Application:
+    """The aiohttp application. ``engine`` stays the caller's to close. ``extension`` adds
+    the routes of layers above (the job service).
 
     Raises ``ConfigError`` for a config that binds beyond loopback without a token.
     """
@@ -173,6 +190,8 @@ def create_app(config: ServerConfig, settings: Settings, engine: Engine) -> web.
     app[UPLOADS] = uploads
     Api(config, manager).add_routes(app)
     add_health_route(app, manager, config.max_sessions)
+    if extension is not None and extension.routes is not None:
+        extension.routes(app, engine, lambda: len(manager))
     app.on_response_prepare.append(security_headers)
     app.on_startup.append(_start_watcher)
     app.on_cleanup.append(_shutdown)
@@ -349,16 +368,28 @@ class Api:
 # -- running -----------------------------------------------------------------------------------
 
 
-def serve(config: ServerConfig, settings: Settings, announce: Callable[[str], None] = print) -> int:
+def serve(
+    config: ServerConfig,
+    settings: Settings,
+    announce: Callable[[str], None] = print,
+    extension: Extension | None = None,
+) -> int:
     """Run the server until Ctrl-C or SIGTERM; returns 0. Prints the URLs (and token) first."""
     config = config.resolved()
     with Engine(settings) as engine:
-        asyncio.run(_serve(config, settings, engine, announce))
+        asyncio.run(_serve(config, settings, engine, announce, extension))
     return 0
 
 
-async def _serve(config: ServerConfig, settings: Settings, engine: Engine, announce: Callable[[str], None]) -> None:
-    runner = web.AppRunner(create_app(config, settings, engine), access_log=None)  # URLs may hold the token
+async def _serve(
+    config: ServerConfig,
+    settings: Settings,
+    engine: Engine,
+    announce: Callable[[str], None],
+    extension: Extension | None,
+) -> None:
+    app = create_app(config, settings, engine, extension)
+    runner = web.AppRunner(app, access_log=None)  # URLs may hold the token
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.host, config.port)
@@ -376,10 +407,18 @@ async def _serve(config: ServerConfig, settings: Settings, engine: Engine, annou
     for sig in (signal.SIGINT, signal.SIGTERM):
         with suppress(NotImplementedError):  # Windows: Ctrl-C arrives as KeyboardInterrupt
             loop.add_signal_handler(sig, stop.set)
+    beat: asyncio.Task[None] | None = None
+    if extension is not None and extension.listening is not None:
+        room = lambda: (config.max_sessions - len(app[MANAGER]), config.max_sessions)  # noqa: E731
+        beat = loop.create_task(extension.listening(f"http://{config.host}:{port}", room))
     try:
         await stop.wait()
     finally:
         announce("livefuse serve: stopping")
+        if beat is not None:
+            beat.cancel()
+            with suppress(asyncio.CancelledError):
+                await beat
         await runner.cleanup()
 
 
