@@ -11,6 +11,7 @@ from typing import Any
 
 from livefuse.config import Settings, load_settings
 from livefuse.errors import ConfigError, LivefuseError
+from livefuse.signals import exit_code, interrupts_raise
 
 log = logging.getLogger("livefuse")
 
@@ -69,11 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     cam.add_argument("--preview", action="store_const", const=True, default=None, help="show a preview window")
     cam.add_argument("--record", type=Path, default=None, metavar="OUT.mp4", help="also write the output to a file")
     cam.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    cam.add_argument("--reconnect-for", dest="reconnect_for", type=float, default=None, metavar="SECONDS",
+                     help="keep reopening a camera or stream that drops for this long (30; 0: end at once)")
 
     run = commands.add_parser("run", help="swap faces in a video or image file")
     _add_swap_options(run)
     run.add_argument("--input", required=True, help="video file, image or rtsp/http URL")
-    run.add_argument("--output", required=True, type=Path, help="output video file (.mp4)")
+    run.add_argument("--output", required=True, type=Path,
+                     help="output file: a video (.mp4, .mkv, .mov) or, for an image input, an image (.jpg, .png, .webp)")
+    run.add_argument("--live", action="store_true", help="treat a URL input as a live stream (drop late frames)")
 
     demo = commands.add_parser("demo", help="pull what is needed and run on the sample clip")
     _add_swap_options(demo)
@@ -124,7 +129,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point. Returns the exit code: 0 ok, 1 a livefuse error, 2 usage, 130 Ctrl-C."""
+    """Entry point. Returns the exit code: 0 ok, 1 a livefuse error, 2 usage, 128 + signal number
+    when stopped by Ctrl-C (130), SIGTERM (143) or SIGHUP (129)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -143,15 +149,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "doctor": commands.doctor,
     }
     try:
-        settings = _settings(args)
-        logging.getLogger().setLevel(logging.DEBUG if args.verbose else settings.log_level.upper())
-        return handlers[args.command](args, settings)
+        with interrupts_raise():
+            settings = _settings(args)
+            logging.getLogger().setLevel(logging.DEBUG if args.verbose else settings.log_level.upper())
+            return handlers[args.command](args, settings)
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
     except LivefuseError as exc:
         log.error("%s", exc)
         return 1
-    except KeyboardInterrupt:
-        log.warning("interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        log.warning("interrupted (%s)", getattr(exc, "name", "SIGINT"))
+        return exit_code(exc)

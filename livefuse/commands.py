@@ -19,14 +19,17 @@ from livefuse.app import Engine, home_of
 from livefuse.config import Settings
 from livefuse.errors import ConfigError
 from livefuse.frame import Frame
+from livefuse.io.outputs import DiscardOnInterrupt, FinishOnFailure, check_output, file_sink, is_url
+from livefuse.io.reconnect import DEFAULT_RETRY_FOR_S, ReconnectingSource
 from livefuse.io.sinks import PreviewSink, VideoFileSink
-from livefuse.io.sources import open_source
+from livefuse.io.sources import CameraSource, ImageSource, StreamSource, VideoFileSource, open_source
 from livefuse.models.install import ModelInstaller
 from livefuse.models.store import ModelStore
 from livefuse.pipeline.metrics import RunStats
 from livefuse.pipeline.pipeline import Pipeline
-from livefuse.pipeline.stages import Sink
+from livefuse.pipeline.stages import Sink, Source
 from livefuse.samples import SampleStore, make_demo_clip
+from livefuse.signals import Interrupted
 
 log = logging.getLogger("livefuse")
 
@@ -41,7 +44,10 @@ def _source_photo(settings: Settings) -> Path:
 
 
 def _report(stats: RunStats) -> None:
-    print(stats.summary_line(), flush=True)
+    line = stats.summary_line()
+    if skipped := int(stats.extra.get("damaged_frames_skipped", 0)):
+        line += f" | {skipped} damaged frames skipped"
+    print(line, flush=True)
 
 
 def cam(args: argparse.Namespace, settings: Settings) -> int:
@@ -49,7 +55,7 @@ def cam(args: argparse.Namespace, settings: Settings) -> int:
     photo = _source_photo(settings)
     with Engine(settings) as engine:
         swapper = engine.swapper(photo)
-        source = open_source(settings.camera, settings.capture_size, settings.fps)
+        source = _reconnecting(open_source(settings.camera, settings.capture_size, settings.fps), settings)
         sinks: list[Sink] = []
         stop = threading.Event()
         if settings.vcam:
@@ -59,7 +65,8 @@ def cam(args: argparse.Namespace, settings: Settings) -> int:
         if settings.preview:
             sinks.append(PreviewSink(on_quit=stop.set))
         if args.record:
-            sinks.append(VideoFileSink(args.record))
+            check_output(args.record, [settings.camera, photo])
+            sinks.append(FinishOnFailure(VideoFileSink(args.record)))
         if not sinks:
             raise ConfigError("nothing to output to: add --vcam, --preview and/or --record OUT.mp4")
         pipeline = Pipeline(source, engine.tracker(), swapper, sinks, queue_size=settings.queue_size)
@@ -84,28 +91,73 @@ def _run_until(pipeline: Pipeline, stop: threading.Event, seconds: float | None)
     return pipeline.join()
 
 
+def _reconnecting(source: Source, settings: Settings) -> Source:
+    """Cameras and streams are reopened when they drop (``--reconnect-for``, default 30 s)."""
+    if isinstance(source, (CameraSource, StreamSource)):
+        return ReconnectingSource(source, _reconnect_for_s(settings))
+    return source
+
+
+def _reconnect_for_s(settings: Settings) -> float:
+    """How long a dropped live source is tried again (the one place that reads the setting)."""
+    return float(getattr(settings, "reconnect_for", DEFAULT_RETRY_FOR_S))
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """File → swap → file, with a progress line; exit 1 if anything fails."""
     photo = _source_photo(settings)
-    stats = process_file(settings, photo, args.input, args.output)
+    stats = process_file(settings, photo, args.input, args.output, live=bool(getattr(args, "live", False)))
     _report(stats)
     return 0
 
 
 def process_file(
-    settings: Settings, photo: Path, input_spec: str, output: Path, on_frame: Callable[[Frame], None] | None = None
+    settings: Settings,
+    photo: Path,
+    input_spec: str,
+    output: Path,
+    on_frame: Callable[[Frame], None] | None = None,
+    live: bool = False,
 ) -> RunStats:
-    """Swap ``photo``'s face into every frame of ``input_spec`` and write ``output``."""
+    """Swap ``photo``'s face into every frame of ``input_spec`` and write ``output``.
+
+    A URL is read like a file (every frame, back-pressure) unless ``live``. Interrupted
+    (Ctrl-C, SIGTERM, SIGHUP), it leaves nothing at ``output`` and re-raises.
+    """
+    check_output(output, [input_spec, photo])
+    source = VideoFileSource(input_spec) if is_url(input_spec) and not live else open_source(input_spec)
+    sink = DiscardOnInterrupt(file_sink(output, isinstance(source, ImageSource)))
     with Engine(settings) as engine:
         swapper = engine.swapper(photo)
         progress = _Progress(on_frame)
-        pipeline = Pipeline(
-            open_source(input_spec), engine.tracker(), swapper, [VideoFileSink(output)], on_frame=progress
-        )
+        pipeline = Pipeline(source, engine.tracker(), swapper, [sink], on_frame=progress, live=live)
         progress.pipeline = pipeline
-        stats = pipeline.run()
+        stats = _run_discarding_on_interrupt(pipeline, sink, output)
         progress.finish()
+    skipped = getattr(source, "skipped", 0)
+    if skipped:
+        stats.extra["damaged_frames_skipped"] = float(skipped)
     return stats
+
+
+def _run_discarding_on_interrupt(pipeline: Pipeline, sink: DiscardOnInterrupt, output: Path) -> RunStats:
+    pipeline.start()
+    try:
+        return pipeline.join()
+    except KeyboardInterrupt as exc:
+        # Set before stopping: the pipeline's shutdown closes the sink, which then discards.
+        sink.discard = True
+        pipeline.stop()
+        if sink.finished:
+            log.warning("%s: %s was already complete and is kept", _signal_name(exc), output)
+        else:
+            sink.abort()
+            log.error("%s: stopped; nothing was written to %s", _signal_name(exc), output)
+        raise
+
+
+def _signal_name(exc: BaseException) -> str:
+    return exc.name if isinstance(exc, Interrupted) else "SIGINT"
 
 
 class _Progress:

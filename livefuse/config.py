@@ -77,6 +77,8 @@ class Settings:
     home: str | None = None
     "Where models and samples live (default: $LIVEFUSE_HOME or the user cache dir)."
     log_level: str = "INFO"
+    reconnect_for: float = 30.0
+    "Seconds a dropped camera or stream is tried again before the run ends (0: end at once)."
 
     @property
     def masks(self) -> set[str]:
