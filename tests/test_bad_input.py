@@ -117,7 +117,8 @@ def test_exif_orientation_is_honoured(photo, tmp_path):
     # The face was found and swapped: the picture differs from the (upright) input.
     upright = cv2.imread(str(tagged))
     assert upright.shape == stored.shape
-    assert np.abs(result.astype(int) - upright.astype(int)).mean() > 0.5
+    changed = (np.abs(result.astype(int) - upright.astype(int)) > 8).any(axis=2)
+    assert changed.mean() > 0.005  # the face is ~5 % of this tall photo
 
 
 def test_odd_sized_video_keeps_its_exact_size(photo, home, tmp_path):
