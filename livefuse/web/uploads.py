@@ -12,6 +12,7 @@ import os
 import shutil
 import struct
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,6 +149,8 @@ class PrivateDir:
         # mkdtemp creates the directory with mode 0700 whatever the umask.
         self.path = Path(tempfile.mkdtemp(prefix=prefix))
         self._count = 0
+        # Also removed at interpreter exit: a server stopped before its cleanup ran leaves nothing.
+        weakref.finalize(self, shutil.rmtree, self.path, ignore_errors=True)
 
     def write(self, stem: str, data: bytes) -> Path:
         """Write ``data`` to a new file (0600) named after ``stem`` and a counter."""
