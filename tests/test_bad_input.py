@@ -253,3 +253,47 @@ def test_signal_during_run_leaves_nothing(home, photo, long_clip, tmp_path, sign
     assert proc.returncode == code, err
     assert "nothing was written" in err and "Traceback" not in err
     assert leftovers(out_dir, set()) == []
+
+
+# -- empty and huge images ---------------------------------------------------------------------
+
+
+def png_claiming(width: int, height: int, depth16: bool = False) -> bytes:
+    """A small PNG whose header claims ``width`` x ``height`` (the pixels are never reached)."""
+    image = np.zeros((8, 8, 3), np.uint16 if depth16 else np.uint8)
+    data = bytearray(cv2.imencode(".png", image)[1].tobytes())
+    data[16:24] = struct.pack(">II", width, height)
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "role, name, content, message",
+    [
+        ("input", "empty.png", b"", "empty file (0 bytes)"),
+        ("input", "empty.mp4", b"", "cannot read video file"),
+        ("source", "empty.jpg", b"", "empty file (0 bytes)"),
+        ("input", "huge.png", png_claiming(9000, 9000), "the limit is 64 MP"),
+        ("source", "huge.png", png_claiming(20000, 20000), "the limit is 64 MP"),
+    ],
+)
+def test_empty_and_huge_images_are_refused_before_decoding(photo, clip, tmp_path, caplog, capsys,
+                                                          role, name, content, message):
+    bad = tmp_path / name
+    bad.write_bytes(content)
+    source, given = (str(bad), str(clip)) if role == "source" else (photo, str(bad))
+    out = tmp_path / "out" / "o.mp4"
+    out.parent.mkdir()
+    assert main(["run", "--source", source, "--input", given, "--output", str(out)]) == 1
+    assert message in caplog.text
+    assert leftovers(out.parent, set()) == []
+    no_traceback(capsys, caplog)
+
+
+def test_uploads_are_bounded_by_decoded_memory():
+    from livefuse.web.errors import ApiError
+    from livefuse.web.uploads import ImageLimits, check_image
+
+    assert check_image(png_claiming(4096, 4096), ImageLimits()) == "png"  # 48 MB decoded: fine
+    with pytest.raises(ApiError) as caught:
+        check_image(png_claiming(4096, 4096, depth16=True), ImageLimits())  # 96 MB: refused
+    assert caught.value.status == 422 and "8-bit" in str(caught.value)

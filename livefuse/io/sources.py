@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from livefuse.errors import SourceError, SourceStalled, StreamEnded
+from livefuse.imagefile import decode_image
 from livefuse.pipeline.stages import Source, SourceInfo
 
 log = logging.getLogger(__name__)
@@ -624,12 +625,8 @@ class ImageSource:
     def open(self) -> SourceInfo:
         """Load the image."""
         _check_file(self.path, "image")
-        # imdecode of the bytes, not imread: imread cannot open non-ASCII paths on Windows.
-        image = cv2.imdecode(np.fromfile(self.path, np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise SourceError(
-                f"cannot read image {self.path}: not an image or an unsupported format"
-            )
+        # Decoded from the bytes, not imread: imread cannot open non-ASCII paths on Windows.
+        image = decode_image(self.path.read_bytes(), f"image {self.path}")
         self._image, self._index = image, 0
         return SourceInfo(
             width=image.shape[1],
