@@ -56,7 +56,8 @@ def _add_swap_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livefuse", description="Real-time face swap for live video.")
     parser.add_argument("--config", type=Path, help="TOML config file (options as keys)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="-v: say what happens (INFO), -vv: debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
     cam = commands.add_parser("cam", help="swap faces live from a camera or stream")
@@ -128,12 +129,20 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(cli, config=args.config)
 
 
+def _log_level(verbose: int, configured: str | None) -> int | str:
+    """Quiet by default (warnings and errors; the progress line and summary are not logs),
+    ``-v`` INFO, ``-vv`` DEBUG; ``log_level`` from the config or environment otherwise."""
+    if verbose:
+        return logging.DEBUG if verbose > 1 else logging.INFO
+    return configured.upper() if configured else logging.WARNING
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point. Returns the exit code: 0 ok, 1 a livefuse error, 2 usage, 128 + signal number
     when stopped by Ctrl-C (130), SIGTERM (143) or SIGHUP (129)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=_log_level(args.verbose, None),
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -151,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with interrupts_raise():
             settings = _settings(args)
-            logging.getLogger().setLevel(logging.DEBUG if args.verbose else settings.log_level.upper())
+            logging.getLogger().setLevel(_log_level(args.verbose, settings.log_level))
             return handlers[args.command](args, settings)
     except ConfigError as exc:
         log.error("%s", exc)

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
-
 import cv2
 import numpy as np
 
@@ -28,6 +25,7 @@ from livefuse.models.store import ModelStore
 from livefuse.pipeline.metrics import RunStats
 from livefuse.pipeline.pipeline import Pipeline
 from livefuse.pipeline.stages import Sink, Source
+from livefuse.progress import ProgressLine
 from livefuse.samples import SampleStore, make_demo_clip
 from livefuse.signals import Interrupted
 
@@ -161,47 +159,24 @@ def _signal_name(exc: BaseException) -> str:
 
 
 class _Progress:
-    """Per-frame callback: a progress line on a terminal, then the caller's own callback."""
+    """Per-frame callback: the shared progress line (on a terminal), then the caller's own callback."""
 
     def __init__(self, then: Callable[[Frame], None] | None) -> None:
         self.then = then
         self.pipeline: Pipeline | None = None
-        self.done = 0
-        self._show: Callable[[int, float], None] | None = None
+        self._line: ProgressLine | None = None
 
     def __call__(self, frame: Frame) -> None:
-        self.done += 1
-        if self._show is None and sys.stderr.isatty() and self.pipeline and self.pipeline.info:
-            self._show = progress_printer(self.pipeline.info.frame_count)
-        if self._show is not None:
-            self._show(self.done, time.monotonic())
+        if self._line is None:
+            info = self.pipeline.info if self.pipeline else None
+            self._line = ProgressLine("swapping", info.frame_count if info else None)
+        self._line.advance()
         if self.then is not None:
             self.then(frame)
 
     def finish(self) -> None:
-        if self._show is not None:
-            sys.stderr.write("\n")
-
-
-def progress_printer(total: int | None, stream: TextIO = sys.stderr) -> Callable[[int, float], None]:
-    """A callback drawing 'frames, fps, ETA' on one terminal line, at most 4 times a second."""
-    start = time.monotonic()
-    last = [0.0]
-
-    def show(done: int, now: float) -> None:
-        if now - last[0] < 0.25 and done != total:
-            return
-        last[0] = now
-        fps = done / max(now - start, 1e-9)
-        if total:
-            eta = (total - done) / fps if fps > 0 else float("inf")
-            bar = "#" * int(30 * min(done, total) / total)
-            stream.write(f"\r[{bar:<30}] {done}/{total} frames {fps:6.1f} fps  ETA {eta:5.0f} s ")
-        else:
-            stream.write(f"\r{done} frames {fps:6.1f} fps ")
-        stream.flush()
-
-    return show
+        if self._line is not None:
+            self._line.close()
 
 
 def demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -248,7 +223,10 @@ def _write_side_by_side(clip: Path, index: int, swapped: np.ndarray | None, path
 def models(args: argparse.Namespace, settings: Settings) -> int:
     store = ModelStore(home_of(settings))
     if args.action == "pull":
-        for path in ModelInstaller(store).pull(args.names or None, from_dir=args.from_dir, log=log.info):
+        with ProgressLine("downloading", unit="B", scale_bytes=True) as line:
+            paths = ModelInstaller(store).pull(args.names or None, from_dir=args.from_dir, log=log.info,
+                                               progress=line.set)
+        for path in paths:
             print(path)
         return 0
     if args.action == "add":

@@ -76,7 +76,7 @@ class Settings:
     "GPU memory each model may use, e.g. 6GiB or 6000MB; 0 or unset: no limit."
     home: str | None = None
     "Where models and samples live (default: $LIVEFUSE_HOME or the user cache dir)."
-    log_level: str = "INFO"
+    log_level: str = "WARNING"
     reconnect_for: float = 30.0
     "Seconds a dropped camera or stream is tried again before the run ends (0: end at once)."
 
