@@ -7,7 +7,6 @@ talk raw HTTP over sockets so that nothing the fuzzer sends is cleaned up by a c
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import json
 import os
@@ -19,24 +18,16 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from livefuse.app import Engine
 from livefuse.config import Settings
 from livefuse.web.errors import ApiError
 from livefuse.web.guard import RequestLimits, check_declared_type, check_json_depth
-from livefuse.web.server import ServerConfig, create_app
 
-
-@dataclass
-class Running:
-    port: int
-    app: web.Application
-    loop: asyncio.AbstractEventLoop
+from tests.threaded_server import Running, serving_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -47,31 +38,8 @@ def engine(livefuse_home: Path) -> Iterator[Engine]:
 
 @pytest.fixture(scope="module")
 def server(engine: Engine, livefuse_home: Path) -> Iterator[Running]:
-    """The app on an ephemeral 127.0.0.1 port, served from a thread of its own."""
-    ready: dict[str, object] = {}
-    started, stop = threading.Event(), threading.Event()
-
-    def serve() -> None:
-        async def main() -> None:
-            app = create_app(ServerConfig(port=0), Settings(home=str(livefuse_home)), engine)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            ready.update(port=runner.addresses[0][1], app=app, loop=asyncio.get_running_loop())
-            started.set()
-            while not stop.is_set():
-                await asyncio.sleep(0.05)
-            await runner.cleanup()
-
-        asyncio.run(main())
-
-    thread = threading.Thread(target=serve, name="test-server")
-    thread.start()
-    assert started.wait(30)
-    yield Running(ready["port"], ready["app"], ready["loop"])  # type: ignore[arg-type]
-    stop.set()
-    thread.join(30)
+    with serving_in_thread(engine, Settings(home=str(livefuse_home))) as running:
+        yield running
 
 
 def request(port: int, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"",
