@@ -129,11 +129,14 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(cli, config=args.config)
 
 
-def _log_level(verbose: int, configured: str | None) -> int | str:
+def _log_level(verbose: int, configured: str | None, command: str = "") -> int | str:
     """Quiet by default (warnings and errors; the progress line and summary are not logs),
-    ``-v`` INFO, ``-vv`` DEBUG; ``log_level`` from the config or environment otherwise."""
+    ``-v`` INFO, ``-vv`` DEBUG; ``log_level`` from the config or environment otherwise.
+    ``serve`` runs for hours and its log is its record (sessions opened and closed): INFO."""
     if verbose:
         return logging.DEBUG if verbose > 1 else logging.INFO
+    if command == "serve" and (configured or "WARNING").upper() == "WARNING":
+        return logging.INFO
     return configured.upper() if configured else logging.WARNING
 
 
@@ -142,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     when stopped by Ctrl-C (130), SIGTERM (143) or SIGHUP (129)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=_log_level(args.verbose, None),
+        level=_log_level(args.verbose, None, args.command),
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -160,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with interrupts_raise():
             settings = _settings(args)
-            logging.getLogger().setLevel(_log_level(args.verbose, settings.log_level))
+            logging.getLogger().setLevel(_log_level(args.verbose, settings.log_level, args.command))
             return handlers[args.command](args, settings)
     except ConfigError as exc:
         log.error("%s", exc)
