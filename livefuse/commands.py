@@ -18,7 +18,8 @@ from livefuse.errors import ConfigError
 from livefuse.frame import Frame
 from livefuse.io.outputs import DiscardOnInterrupt, FinishOnFailure, check_output, file_sink, is_url
 from livefuse.io.reconnect import DEFAULT_RETRY_FOR_S, ReconnectingSource
-from livefuse.io.sinks import PreviewSink, VideoFileSink
+from livefuse.io.sinks import VideoFileSink
+from livefuse.io.window import WindowPreviewSink
 from livefuse.io.sources import CameraSource, ImageSource, StreamSource, VideoFileSource, open_source
 from livefuse.models.install import ModelInstaller
 from livefuse.models.store import ModelStore
@@ -61,7 +62,7 @@ def cam(args: argparse.Namespace, settings: Settings) -> int:
 
             sinks.append(VirtualCameraSink(device=settings.vcam_device, backend=settings.vcam_backend))
         if settings.preview:
-            sinks.append(PreviewSink(on_quit=stop.set))
+            sinks.append(WindowPreviewSink(on_quit=stop.set))
         if args.record:
             check_output(args.record, [settings.camera, photo])
             sinks.append(FinishOnFailure(VideoFileSink(args.record)))
