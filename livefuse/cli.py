@@ -24,6 +24,7 @@ from livefuse.config import (
 )
 from livefuse.errors import ConfigError, LivefuseError
 from livefuse.provenance import DEFAULT_LABEL
+from livefuse.signals import exit_code, interrupts_raise
 
 log = logging.getLogger("livefuse")
 
@@ -83,7 +84,8 @@ def _add_swap_options(parser: argparse.ArgumentParser, *extra: tuple[str, str, d
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livefuse", description="Real-time face swap for live video.")
     parser.add_argument("--config", type=Path, help="TOML config file (options as keys)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="-v: say what happens (INFO), -vv: debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
     cam = commands.add_parser("cam", help="swap faces live from a camera or stream")
@@ -98,11 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     cam.add_argument("--record", type=Path, default=None, metavar="OUT.mp4", help="also write the output to a file")
     cam.add_argument("--seconds", type=_ranged(number(0, 604800, above=True)), default=None,
                      help="stop after this many seconds")
+    cam.add_argument("--reconnect-for", dest="reconnect_for", default=None, metavar="SECONDS",
+                     help="keep reopening a camera or stream that drops for this long (30; 0: end at once)")
 
     run = commands.add_parser("run", help="swap faces in a video or image file")
     _add_swap_options(run, *_CREDENTIAL_OPTIONS)
     run.add_argument("--input", required=True, help="video file, image or rtsp/http URL")
-    run.add_argument("--output", required=True, type=Path, help="output video file (.mp4)")
+    run.add_argument("--output", required=True, type=Path,
+                     help="output file: a video (.mp4, .mkv, .mov) or, for an image input, an image (.jpg, .png, .webp)")
+    run.add_argument("--live", action="store_true", help="treat a URL input as a live stream (drop late frames)")
 
     demo = commands.add_parser("demo", help="pull what is needed and run on the sample clip")
     _add_swap_options(demo, *_CREDENTIAL_OPTIONS)
@@ -230,11 +236,23 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(cli, config=args.config)
 
 
+def _log_level(verbose: int, configured: str | None, command: str = "") -> int | str:
+    """Quiet by default (warnings and errors; the progress line and summary are not logs),
+    ``-v`` INFO, ``-vv`` DEBUG; ``log_level`` from the config or environment otherwise.
+    ``serve`` runs for hours and its log is its record (sessions opened and closed): INFO."""
+    if verbose:
+        return logging.DEBUG if verbose > 1 else logging.INFO
+    if command == "serve" and (configured or "WARNING").upper() == "WARNING":
+        return logging.INFO
+    return configured.upper() if configured else logging.WARNING
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point. Returns the exit code: 0 ok, 1 a livefuse error, 2 usage, 130 Ctrl-C."""
+    """Entry point. Returns the exit code: 0 ok, 1 a livefuse error, 2 usage, 128 + signal number
+    when stopped by Ctrl-C (130), SIGTERM (143) or SIGHUP (129)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=_log_level(args.verbose, None, args.command),
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -258,15 +276,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "gateway": job_commands.gateway,
     }
     try:
-        settings = _settings(args)
-        logging.getLogger().setLevel(logging.DEBUG if args.verbose else settings.log_level.upper())
-        return handlers[args.command](args, settings)
+        with interrupts_raise():
+            settings = _settings(args)
+            logging.getLogger().setLevel(_log_level(args.verbose, settings.log_level, args.command))
+            return handlers[args.command](args, settings)
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
     except LivefuseError as exc:
         log.error("%s", exc)
         return 1
-    except KeyboardInterrupt:
-        log.warning("interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        log.warning("interrupted (%s)", getattr(exc, "name", "SIGINT"))
+        return exit_code(exc)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
 
 import cv2
 import numpy as np
@@ -21,16 +19,21 @@ from livefuse.config import Settings, with_options
 from livefuse.container.process import writable_dir
 from livefuse.errors import ConfigError
 from livefuse.frame import Frame
-from livefuse.io.sinks import PreviewSink, VideoFileSink
-from livefuse.io.sources import open_source
+from livefuse.io.outputs import DiscardOnInterrupt, FinishOnFailure, check_output, file_sink, is_url
+from livefuse.io.reconnect import ReconnectingSource
+from livefuse.io.sinks import VideoFileSink
+from livefuse.io.sources import CameraSource, ImageSource, StreamSource, VideoFileSource, open_source
+from livefuse.io.window import WindowPreviewSink
 from livefuse.models.install import ModelInstaller
 from livefuse.models.store import ModelStore
 from livefuse.pipeline.metrics import RunStats
 from livefuse.pipeline.pipeline import Pipeline
-from livefuse.pipeline.stages import Sink
+from livefuse.pipeline.stages import Sink, Source
+from livefuse.progress import ProgressLine
 from livefuse.provenance import DEFAULT_LABEL
 from livefuse.provenance.options import file_sealer, label_sink
 from livefuse.samples import SampleStore, make_demo_clip
+from livefuse.signals import Interrupted
 
 log = logging.getLogger("livefuse")
 
@@ -45,7 +48,10 @@ def _source_photo(settings: Settings) -> Path:
 
 
 def _report(stats: RunStats) -> None:
-    print(stats.summary_line(), flush=True)
+    line = stats.summary_line()
+    if skipped := int(stats.extra.get("damaged_frames_skipped", 0)):
+        line += f" | {skipped} damaged frames skipped"
+    print(line, flush=True)
 
 
 def cam(args: argparse.Namespace, settings: Settings) -> int:
@@ -57,7 +63,7 @@ def cam(args: argparse.Namespace, settings: Settings) -> int:
     with audit, Engine(settings) as engine:
         swapper = engine.swapper(photo)
         capture, output = settings.capture, settings.output
-        source = open_source(capture.camera, capture.size, capture.fps)
+        source = _reconnecting(open_source(capture.camera, capture.size, capture.fps), settings)
         sinks: list[Sink] = [label] if label else []
         stop = threading.Event()
         if output.vcam:
@@ -65,9 +71,10 @@ def cam(args: argparse.Namespace, settings: Settings) -> int:
 
             sinks.append(VirtualCameraSink(device=output.vcam_device, backend=output.vcam_backend))
         if output.preview:
-            sinks.append(PreviewSink(on_quit=stop.set))
+            sinks.append(WindowPreviewSink(on_quit=stop.set))
         if args.record:
-            sinks.append(VideoFileSink(args.record, seal=seal))
+            check_output(args.record, [capture.camera, photo])
+            sinks.append(FinishOnFailure(VideoFileSink(args.record, seal=seal)))
         if len(sinks) == (1 if label else 0):
             raise ConfigError("nothing to output to: add --vcam, --preview and/or --record OUT.mp4")
         pipeline = Pipeline(source, engine.tracker(live=True), swapper, sinks, queue_size=capture.queue_size)
@@ -92,12 +99,26 @@ def _run_until(pipeline: Pipeline, stop: threading.Event, seconds: float | None)
     return pipeline.join()
 
 
+def _reconnecting(source: Source, settings: Settings) -> Source:
+    """Cameras and streams are reopened when they drop (``--reconnect-for``, default 30 s)."""
+    if isinstance(source, (CameraSource, StreamSource)):
+        return ReconnectingSource(source, _reconnect_for_s(settings))
+    return source
+
+
+def _reconnect_for_s(settings: Settings) -> float:
+    """How long a dropped live source is tried again (the one place that reads the setting)."""
+    return settings.capture.reconnect_for
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """File → swap → file, with a progress line; exit 1 if anything fails."""
     photo = _source_photo(settings)
     seal = file_sealer(settings)
     with audited(settings, "run", photo=photo, target=args.input, output=args.output):
-        stats = process_file(settings, photo, args.input, args.output, seal=seal)
+        stats = process_file(
+            settings, photo, args.input, args.output, seal=seal, live=bool(getattr(args, "live", False))
+        )
     _report(stats)
     return 0
 
@@ -109,63 +130,69 @@ def process_file(
     output: Path,
     on_frame: Callable[[Frame], None] | None = None,
     seal: Callable[[Path, Path], None] | None = None,
+    live: bool = False,
 ) -> RunStats:
-    """Swap ``photo``'s face into every frame of ``input_spec`` and write ``output``
-    (signed by ``seal``, see ``provenance.options.file_sealer``)."""
+    """Swap ``photo``'s face into every frame of ``input_spec`` and write ``output``, signed by
+    ``seal`` (see ``provenance.options.file_sealer``).
+
+    A URL is read like a file (every frame, back-pressure) unless ``live``. Interrupted
+    (Ctrl-C, SIGTERM, SIGHUP), it leaves nothing at ``output`` and re-raises.
+    """
+    check_output(output, [input_spec, photo])
+    source = VideoFileSource(input_spec) if is_url(input_spec) and not live else open_source(input_spec)
+    sink = DiscardOnInterrupt(file_sink(output, isinstance(source, ImageSource), seal))
     with Engine(settings) as engine:
         swapper = engine.swapper(photo)
         progress = _Progress(on_frame)
-        pipeline = Pipeline(
-            open_source(input_spec), engine.tracker(), swapper, [VideoFileSink(output, seal=seal)], on_frame=progress
-        )
+        pipeline = Pipeline(source, engine.tracker(live=live), swapper, [sink], on_frame=progress, live=live)
         progress.pipeline = pipeline
-        stats = pipeline.run()
+        stats = _run_discarding_on_interrupt(pipeline, sink, output)
         progress.finish()
+    skipped = getattr(source, "skipped", 0)
+    if skipped:
+        stats.extra["damaged_frames_skipped"] = float(skipped)
     return stats
 
 
+def _run_discarding_on_interrupt(pipeline: Pipeline, sink: DiscardOnInterrupt, output: Path) -> RunStats:
+    pipeline.start()
+    try:
+        return pipeline.join()
+    except KeyboardInterrupt as exc:
+        # Set before stopping: the pipeline's shutdown closes the sink, which then discards.
+        sink.discard = True
+        pipeline.stop()
+        if sink.finished:
+            log.warning("%s: %s was already complete and is kept", _signal_name(exc), output)
+        else:
+            sink.abort()
+            log.error("%s: stopped; nothing was written to %s", _signal_name(exc), output)
+        raise
+
+
+def _signal_name(exc: BaseException) -> str:
+    return exc.name if isinstance(exc, Interrupted) else "SIGINT"
+
+
 class _Progress:
-    """Per-frame callback: a progress line on a terminal, then the caller's own callback."""
+    """Per-frame callback: the shared progress line (on a terminal), then the caller's own callback."""
 
     def __init__(self, then: Callable[[Frame], None] | None) -> None:
         self.then = then
         self.pipeline: Pipeline | None = None
-        self.done = 0
-        self._show: Callable[[int, float], None] | None = None
+        self._line: ProgressLine | None = None
 
     def __call__(self, frame: Frame) -> None:
-        self.done += 1
-        if self._show is None and sys.stderr.isatty() and self.pipeline and self.pipeline.info:
-            self._show = progress_printer(self.pipeline.info.frame_count)
-        if self._show is not None:
-            self._show(self.done, time.monotonic())
+        if self._line is None:
+            info = self.pipeline.info if self.pipeline else None
+            self._line = ProgressLine("swapping", info.frame_count if info else None)
+        self._line.advance()
         if self.then is not None:
             self.then(frame)
 
     def finish(self) -> None:
-        if self._show is not None:
-            sys.stderr.write("\n")
-
-
-def progress_printer(total: int | None, stream: TextIO = sys.stderr) -> Callable[[int, float], None]:
-    """A callback drawing 'frames, fps, ETA' on one terminal line, at most 4 times a second."""
-    start = time.monotonic()
-    last = [0.0]
-
-    def show(done: int, now: float) -> None:
-        if now - last[0] < 0.25 and done != total:
-            return
-        last[0] = now
-        fps = done / max(now - start, 1e-9)
-        if total:
-            eta = (total - done) / fps if fps > 0 else float("inf")
-            bar = "#" * int(30 * min(done, total) / total)
-            stream.write(f"\r[{bar:<30}] {done}/{total} frames {fps:6.1f} fps  ETA {eta:5.0f} s ")
-        else:
-            stream.write(f"\r{done} frames {fps:6.1f} fps ")
-        stream.flush()
-
-    return show
+        if self._line is not None:
+            self._line.close()
 
 
 def demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -219,7 +246,10 @@ def _write_side_by_side(
 def models(args: argparse.Namespace, settings: Settings) -> int:
     store = ModelStore(home_of(settings))
     if args.action == "pull":
-        for path in ModelInstaller(store).pull(args.names or None, from_dir=args.from_dir, log=log.info):
+        with ProgressLine("downloading", unit="B", scale_bytes=True) as line:
+            paths = ModelInstaller(store).pull(args.names or None, from_dir=args.from_dir, log=log.info,
+                                               progress=line.set)
+        for path in paths:
             print(path)
         return 0
     if args.action == "add":

@@ -70,6 +70,8 @@ class CaptureSettings:
     "Requested capture rate (cameras)."
     queue_size: int = 2
     "Capacity of each queue between the pipeline's threads."
+    reconnect_for: float = 30.0
+    "Seconds a dropped camera or stream is tried again before the run ends (0: end at once)."
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +173,8 @@ class Settings:
     output: OutputSettings = field(default_factory=OutputSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     safeguards: SafeguardSettings = field(default_factory=SafeguardSettings)
-    log_level: LogLevel = "INFO"
+    log_level: LogLevel = "WARNING"
+    "Quiet by default: warnings and errors (``-v`` for INFO; ``serve`` logs INFO, its record)."
 
 
 # --------------------------------------------------------------------------- parsers
@@ -374,6 +377,7 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({
         size=("size", optional(size)),
         fps=number(0, 1000, above=True),
         queue_size=integer(1, 64),
+        reconnect_for=number(0, 86400),
     ),
     **_options(
         "analysis",

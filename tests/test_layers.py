@@ -19,8 +19,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "livefuse"
 #: Each top-level module or package of livefuse and its layer, lowest first.
 LAYERS: dict[str, int] = {
     # the ground: small values and errors every layer uses
-    "_compat": 0, "errors": 0, "scratch": 0, "faces": 0,
-    "frame": 1, "buffers": 1, "geometry": 1,
+    "_compat": 0, "errors": 0, "scratch": 0, "faces": 0, "signals": 0, "progress": 0,
+    "frame": 1, "buffers": 1, "geometry": 1, "imagefile": 1,
     # data: settings, model records and files
     "config": 2, "models": 2,
     # running models; where livefuse keeps its own records

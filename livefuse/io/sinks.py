@@ -219,9 +219,11 @@ class VideoFileSink:
         raise OutputError(f"no usable video encoder for {self.path}: " + "; ".join(errors))
 
     def _configure_stream(self, stream: Any, name: str, info: SourceInfo) -> None:
-        # 4:2:0 needs even sizes: an odd source is scaled by one pixel by the encoder.
-        stream.width, stream.height = info.width - info.width % 2, info.height - info.height % 2
-        stream.pix_fmt = "yuv420p"
+        # The exact size is kept. H.264 in 4:2:0 cannot code an odd width or height (its
+        # cropping works in steps of 2), so an odd H.264 video is written in 4:4:4.
+        stream.width, stream.height = info.width, info.height
+        odd = info.width % 2 or info.height % 2
+        stream.pix_fmt = "yuv444p" if odd and name == "libx264" else "yuv420p"
         stream.options = dict(
             self.options if self.options is not None else DEFAULT_CODEC_OPTIONS.get(name, {})
         )

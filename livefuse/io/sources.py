@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from livefuse.errors import SourceError, SourceStalled, StreamEnded
+from livefuse.imagefile import decode_image
 from livefuse.pipeline.stages import Source, SourceInfo
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ STREAM_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "http", "https", "udp", "tc
 #: Cameras often take seconds to deliver their first frame (auto-exposure, USB setup).
 FIRST_FRAME_TIMEOUT_S = 5.0
 _RETRY_SLEEP_S = 0.01
+#: Failed reads in a row after which a file is taken as ended rather than damaged.
+_MAX_BAD_READS = 250
 
 
 class Capture(Protocol):
@@ -468,30 +471,36 @@ class VideoFileSource:
     def __init__(
         self, path: str | os.PathLike[str], capture_factory: CaptureFactory | None = None
     ) -> None:
+        # A URL (http://host/clip.mp4, rtsp://...) is read like a file: every frame, in order.
+        self.url = str(path) if urlsplit(str(path)).scheme.lower() in STREAM_SCHEMES else None
         self.path = Path(path)
-        self._factory = capture_factory or _default_capture
+        self._factory = capture_factory or (_url_capture if self.url else _default_capture)
         self._cap: Capture | None = None
         self._first: np.ndarray | None = None
         self._index = 0
         self._frame_count: int | None = None
+        self.skipped = 0
+        "Reads that failed mid-file (corrupt packets) and were skipped."
 
     @property
     def name(self) -> str:
-        """The file name."""
-        return str(self.path)
+        """The file name (a URL without its credentials)."""
+        return _redact(self.url) if self.url else str(self.path)
 
     def open(self) -> SourceInfo:
         """Probe the file, open the decoder, decode the first frame (catches corrupt files now)."""
-        _check_file(self.path, "video file")
-        rate, frame_count, has_audio = _probe(self.path)
-        cap = self._factory(str(self.path))
+        if self.url is None:
+            _check_file(self.path, "video file")
+        target = self.url or str(self.path)
+        rate, frame_count, has_audio = _probe(target)
+        cap = self._factory(target)
         if not cap.isOpened():
             cap.release()
-            raise SourceError(_unreadable(self.path, "OpenCV cannot open it"))
+            raise SourceError(_unreadable(self.name, "OpenCV cannot open it"))
         ok, first = cap.read()
         if not ok or first is None:
             cap.release()
-            raise SourceError(_unreadable(self.path, "its first frame cannot be decoded"))
+            raise SourceError(_unreadable(self.name, "its first frame cannot be decoded"))
         if rate is None:
             rate = _rate(cap.get(cv2.CAP_PROP_FPS) or 30.0)
         self._cap, self._first, self._index, self._frame_count = cap, first, 0, frame_count
@@ -514,10 +523,7 @@ class VideoFileSource:
             _fit_into(image, self._first)
             self._first = None
         else:
-            ok, frame = self._cap.read(image)
-            if not ok:
-                self._warn_if_short()
-                raise StreamEnded(self.name)
+            frame = self._read_past_damage(image)
             _fit_into(image, frame)
         self._index += 1
         return self._index - 1
@@ -527,6 +533,23 @@ class VideoFileSource:
         cap, self._cap, self._first = self._cap, None, None
         if cap is not None:
             cap.release()
+
+    def _read_past_damage(self, image: np.ndarray) -> np.ndarray:
+        """The next decodable frame. A read that fails before the known end is a damaged
+        packet: it is skipped and counted, and decoding goes on (as FFmpeg does)."""
+        assert self._cap is not None
+        failed = 0
+        while True:
+            ok, frame = self._cap.read(image)
+            if ok:
+                if failed:
+                    self.skipped += failed
+                    log.warning("%s: skipped %d damaged frame(s) before frame %d", self.name, failed, self._index)
+                return frame
+            failed += 1
+            if not self._frame_count or self._index + failed >= self._frame_count or failed > _MAX_BAD_READS:
+                self._warn_if_short()
+                raise StreamEnded(self.name)
 
     def _warn_if_short(self) -> None:
         if self._frame_count and self._index < self._frame_count - 1:
@@ -547,19 +570,26 @@ def _check_file(path: Path, what: str) -> None:
         raise SourceError(f"{what} {path} is not readable: check its permissions")
 
 
-def _unreadable(path: Path, why: str) -> str:
+def _unreadable(path: Path | str, why: str) -> str:
     return (
         f"cannot read video file {path}: {why}. It is not a video or is corrupt; "
         f"`ffprobe {path}` shows what is wrong with it."
     )
 
 
-def _probe(path: Path) -> tuple[Fraction | None, int | None, bool]:
+def _url_capture(target: int | str) -> Capture:
+    # FFmpeg waits forever on a silent server by default: bound open and each read.
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 10_000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 10_000]
+    return cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)  # type: ignore[return-value]
+
+
+def _probe(path: Path | str) -> tuple[Fraction | None, int | None, bool]:
     """Exact frame rate, frame count and whether there is audio, read with PyAV."""
     import av  # heavy: only needed for files
 
+    options = {"timeout": "10000000"} if isinstance(path, str) and "://" in path else None
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), options=options) as container:
             if not container.streams.video:
                 raise SourceError(f"{path} has no video stream")
             stream = container.streams.video[0]
@@ -595,12 +625,8 @@ class ImageSource:
     def open(self) -> SourceInfo:
         """Load the image."""
         _check_file(self.path, "image")
-        # imdecode of the bytes, not imread: imread cannot open non-ASCII paths on Windows.
-        image = cv2.imdecode(np.fromfile(self.path, np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise SourceError(
-                f"cannot read image {self.path}: not an image or an unsupported format"
-            )
+        # Decoded from the bytes, not imread: imread cannot open non-ASCII paths on Windows.
+        image = decode_image(self.path.read_bytes(), f"image {self.path}")
         self._image, self._index = image, 0
         return SourceInfo(
             width=image.shape[1],

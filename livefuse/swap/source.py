@@ -12,6 +12,7 @@ import numpy as np
 from livefuse.errors import NoFaceError, SourceError
 from livefuse.face.detect import Detector
 from livefuse.face.mesh import MeshLandmarker, roi_from_detection, roi_from_landmarks
+from livefuse.imagefile import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,7 @@ def read_image(path: Path) -> np.ndarray:
     """A BGR photo from ``path``, with errors that say what is wrong with the file."""
     if not path.is_file():
         raise SourceError(f"source face photo {path} does not exist; pass the path of a JPEG or PNG photo")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise SourceError(
-            f"source face photo {path} is not a readable image (empty, corrupt, or not "
-            "JPEG/PNG/WebP/BMP); export it again as JPEG or PNG"
-        )
+    image = decode_image(path.read_bytes(), f"source face photo {path}")
     scale = MAX_SIDE / max(image.shape[:2])
     if scale < 1:
         image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)

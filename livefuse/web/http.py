@@ -14,11 +14,14 @@ from aiohttp import web
 
 from livefuse.errors import LivefuseError
 from livefuse.web.errors import ApiError
+from livefuse.web.guard import check_json_depth
 
 log = logging.getLogger(__name__)
 
 #: Largest JSON or SDP request body.
 MAX_SMALL_BODY = 256 * 1024
+#: Deepest nesting of a JSON body (the API's bodies are flat; this leaves room).
+MAX_JSON_DEPTH = 32
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 _PUBLIC_PREFIXES = ("/static/", "/view/")
 _PAGE_CSP = (
@@ -47,6 +50,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise ApiError(415, "send JSON with Content-Type: application/json")
     data = await _read_small(request)
+    check_json_depth(data, MAX_JSON_DEPTH)
     try:
         body = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

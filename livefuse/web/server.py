@@ -49,6 +49,7 @@ from livefuse.errors import ConfigError
 from livefuse.models.store import ModelStore
 from livefuse.samples import SampleStore
 from livefuse.web.errors import ApiError
+from livefuse.web.guard import RequestLimits, check_declared_type, guard_middleware
 from livefuse.web.health import add_health_route
 from livefuse.web.http import (
     MAX_SMALL_BODY,
@@ -66,7 +67,7 @@ from livefuse.web.http import (
 from livefuse.web.options import Choices, SessionLimits, StartOptions
 from livefuse.web.peers import check_offer_sdp
 from livefuse.web.sessions import SessionManager
-from livefuse.web.uploads import MAX_IMAGE_SIDE, MAX_UPLOAD_BYTES, ImageLimits, PrivateDir
+from livefuse.web.uploads import MAX_IMAGE_SIDE, MAX_UPLOAD_BYTES, ImageLimits, PrivateDir, sniff
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,8 @@ def create_app(
     manager = SessionManager(engine, settings, choices, uploads, config.limits())
     app = web.Application(
         client_max_size=config.max_upload_bytes + MAX_SMALL_BODY,
-        middlewares=[error_middleware(config.max_upload_bytes), auth_middleware(config.token)],
+        middlewares=[error_middleware(config.max_upload_bytes), auth_middleware(config.token),
+                     guard_middleware(RequestLimits())],
     )
     app[MANAGER] = manager
     app[UPLOADS] = uploads
@@ -321,6 +323,7 @@ class Api:
                 f"({self.config.limits().image.describe()})",
             )
         data = await request.read()
+        check_declared_type(request.content_type, sniff(data))
         return web.json_response(await session.upload_face(data))
 
     async def close(self, request: web.Request) -> web.Response:

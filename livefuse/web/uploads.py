@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import struct
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
+from livefuse.imagefile import decoded_bytes, image_size, sniff
 from livefuse.web.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -26,89 +27,18 @@ MAX_IMAGE_SIDE = 4096
 #: The types accepted, by the name ``sniff`` gives them.
 IMAGE_TYPES = ("jpeg", "png", "webp")
 
-# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic...): they carry the size.
-_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
-# JPEG markers that stand alone, with no length field after them.
-_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xDA)})
-
-
 @dataclass(frozen=True, slots=True)
 class ImageLimits:
     """What an uploaded photo may be."""
 
     max_bytes: int = MAX_UPLOAD_BYTES
     max_side: int = MAX_IMAGE_SIDE
+    max_decoded_bytes: int = 64 * 2**20
+    "Memory decoding may take: a 4096x4096 8-bit photo fits, its 16-bit twin does not."
 
     def describe(self) -> str:
         """The limits in words, for messages and the page."""
         return f"JPEG, PNG or WebP, at most {self.max_bytes // (1024 * 1024)} MB and {self.max_side} px per side"
-
-
-def sniff(data: bytes) -> str | None:
-    """``"jpeg"``, ``"png"`` or ``"webp"`` from the file's first bytes; None for anything else."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return None
-
-
-def image_size(data: bytes, kind: str) -> tuple[int, int] | None:
-    """(width, height) read from the header of a ``kind`` image; None when it cannot be read."""
-    try:
-        if kind == "png":
-            return _png_size(data)
-        if kind == "jpeg":
-            return _jpeg_size(data)
-        if kind == "webp":
-            return _webp_size(data)
-    except (struct.error, IndexError):
-        return None
-    return None
-
-
-def _png_size(data: bytes) -> tuple[int, int] | None:
-    if data[12:16] != b"IHDR":
-        return None
-    width, height = struct.unpack(">II", data[16:24])
-    return int(width), int(height)
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            i += 1
-            continue
-        if marker in _JPEG_STANDALONE:
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
-        if marker in _JPEG_SOF:
-            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-            return int(width), int(height)
-        if marker == 0xDA:  # start of scan before any frame header: corrupt
-            return None
-        i += 2 + length
-    return None
-
-
-def _webp_size(data: bytes) -> tuple[int, int] | None:
-    chunk = data[12:16]
-    if chunk == b"VP8 ":
-        width, height = struct.unpack("<HH", data[26:30])
-        return width & 0x3FFF, height & 0x3FFF
-    if chunk == b"VP8L":
-        bits = int.from_bytes(data[21:25], "little")
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    if chunk == b"VP8X":
-        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
-    return None
 
 
 def check_image(data: bytes, limits: ImageLimits) -> str:
@@ -123,7 +53,7 @@ def check_image(data: bytes, limits: ImageLimits) -> str:
     if len(data) > limits.max_bytes:
         raise ApiError(413, f"the photo is {len(data) / 1e6:.1f} MB; the limit is {accepted}")
     kind = sniff(data)
-    if kind is None:
+    if kind not in IMAGE_TYPES:
         raise ApiError(415, f"the upload is not a JPEG, PNG or WebP image; send a photo ({accepted})")
     size = image_size(data, kind)
     if size is None or min(size) < 1:
@@ -133,6 +63,12 @@ def check_image(data: bytes, limits: ImageLimits) -> str:
             422,
             f"the photo is {size[0]}x{size[1]} px; the limit is {limits.max_side} px per side. "
             "Scale it down and upload it again",
+        )
+    if (need := decoded_bytes(data, kind, size)) > limits.max_decoded_bytes:
+        raise ApiError(
+            422,
+            f"the photo would take {need / 2**20:.0f} MB to decode (16-bit colour or an alpha channel); "
+            f"the limit is {limits.max_decoded_bytes // 2**20} MB. Save it as an 8-bit JPEG or PNG",
         )
     return kind
 
@@ -148,6 +84,8 @@ class PrivateDir:
         # mkdtemp creates the directory with mode 0700 whatever the umask.
         self.path = Path(tempfile.mkdtemp(prefix=prefix))
         self._count = 0
+        # Also removed at interpreter exit: a server stopped before its cleanup ran leaves nothing.
+        weakref.finalize(self, shutil.rmtree, self.path, ignore_errors=True)
 
     def write(self, stem: str, data: bytes) -> Path:
         """Write ``data`` to a new file (0600) named after ``stem`` and a counter."""
