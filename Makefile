@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test bench clean images check-deploy
+.PHONY: demo test lint bench clean images check-deploy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ demo: $(VENV)/.demo-installed
 
 test: $(VENV)/.test-installed
 	$(BIN)/python -m pytest
+
+# The checks CI runs before the tests: lint and format (ruff) and types (mypy), as configured
+# in pyproject.toml.
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check livefuse tests benchmarks scripts
+	$(BIN)/ruff format --check livefuse tests benchmarks scripts
+	$(BIN)/mypy livefuse
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python benchmarks/bench_pipeline.py

@@ -180,13 +180,22 @@ def main() -> int:
                 times = latency_ms(path, image, faces, frames)
                 fps = throughput_fps(path, image, faces, frames)
                 alone = model_alone_ms(path, count, sync, max(frames // 3, 1))
-            rows.append({
-                "size": label, "faces": count, "p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99),
-                "fps": fps, "model_ms": alone, "model_share": alone * fps / 1e3,
-            })
+            rows.append(
+                {
+                    "size": label,
+                    "faces": count,
+                    "p50_ms": percentile(times, 50),
+                    "p99_ms": percentile(times, 99),
+                    "fps": fps,
+                    "model_ms": alone,
+                    "model_share": alone * fps / 1e3,
+                }
+            )
             r = rows[-1]
-            print(f"{label:>6} {count} faces: p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  "
-                  f"{r['fps']:.0f} fps  model alone {r['model_ms']:.2f} ms  model share {r['model_share']:.0%}")
+            print(
+                f"{label:>6} {count} faces: p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  "
+                f"{r['fps']:.0f} fps  model alone {r['model_ms']:.2f} ms  model share {r['model_share']:.0%}"
+            )
     for closeable in (model, kernels):
         getattr(closeable, "runner", closeable).close()  # the emulator's model wraps its runner
     result: dict[str, Any] = {"machine": describe(**info), "rows": rows}

@@ -110,8 +110,16 @@ def main() -> int:
     path = out / f"jobs-{time.strftime('%Y%m%d-%H%M%S')}.json"
     import onnxruntime
 
-    path.write_text(json.dumps({"machine": benchinfo.describe(onnxruntime=onnxruntime.__version__),
-                                "args": vars(args), "results": results}, indent=2))
+    path.write_text(
+        json.dumps(
+            {
+                "machine": benchinfo.describe(onnxruntime=onnxruntime.__version__),
+                "args": vars(args),
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     print(f"\nwrote {path}")
     return 0
 

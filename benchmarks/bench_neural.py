@@ -169,12 +169,16 @@ def main() -> int:
                 print(json.dumps(row), file=sys.stderr)
     OUT.mkdir(exist_ok=True)
     (OUT / "neural-budget.json").write_text(json.dumps(rows, indent=1))
-    print("| frame | faces | detect (per call, 1 frame in 10) | track | align | model | pre/post + paste-back "
-          "| output (H.264) | total ms (no detector) |")
+    print(
+        "| frame | faces | detect (per call, 1 frame in 10) | track | align | model | pre/post + paste-back "
+        "| output (H.264) | total ms (no detector) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['size']} | {r['faces']} | {r['detect_call']} | {r['track']} | {r['align']} | {r['model']} | "
-              f"{r['paste-back']} | {r['output']} | {r['total']} |")
+        print(
+            f"| {r['size']} | {r['faces']} | {r['detect_call']} | {r['track']} | {r['align']} | {r['model']} | "
+            f"{r['paste-back']} | {r['output']} | {r['total']} |"
+        )
     return 0
 
 

@@ -171,10 +171,15 @@ def table(results: dict) -> str:
             f"{live['dropped']} of {live['frames_in']} | {file['analyze_ms_median']} | {file['swap_ms_median']} | "
             f"{file['detector_per_frame']} | {file['cpu_percent']:.0f} | {file['peak_rss_mb']:.0f} |"
         )
-    rows += ["", "Live 30 fps, detector beside the tracker vs inline (side by side), and where the ms go "
-             "(queue wait / work, p50 and p95):", "",
-             "| size | detection | p50 / p95 / p99 ms | dropped | capture work | analyze wait / work | "
-             "swap wait / work | output wait / work |", "|---|---|---|---|---|---|---|---|"]
+    rows += [
+        "",
+        "Live 30 fps, detector beside the tracker vs inline (side by side), and where the ms go "
+        "(queue wait / work, p50 and p95):",
+        "",
+        "| size | detection | p50 / p95 / p99 ms | dropped | capture work | analyze wait / work | "
+        "swap wait / work | output wait / work |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, (_, _, live, inline) in results["runs"].items():
         for label, run in (("beside", live), ("inline", inline)):
             lat, b = run["latency_ms"], run["budget_ms"]

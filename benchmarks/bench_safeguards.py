@@ -70,8 +70,9 @@ def label_figures(width: int, height: int, repeat: int) -> dict[str, float]:
 
     def draw_each_frame() -> None:  # what a naive overlay does: render text on every frame
         cv2.rectangle(image, *box, (24, 24, 24), -1)
-        cv2.putText(image, DEFAULT_LABEL, (16, height - 16), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 2,
-                    cv2.LINE_AA)
+        cv2.putText(
+            image, DEFAULT_LABEL, (16, height - 16), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 2, cv2.LINE_AA
+        )
 
     return {
         "label_patch_ms": median_ms(lambda: sink.send(frame), repeat),
@@ -145,8 +146,9 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         report = {
-            "machine": describe(opencv=cv2.__version__, c2pa=c2pa.__version__ if hasattr(c2pa, "__version__")
-                                else c2pa.sdk_version()),
+            "machine": describe(
+                opencv=cv2.__version__, c2pa=c2pa.__version__ if hasattr(c2pa, "__version__") else c2pa.sdk_version()
+            ),
             "label": bench_label(args.repeat),
             "signing": bench_signing(Path(tmp), args.sign_repeat),
             "audit": bench_audit(Path(tmp), 200),

@@ -107,8 +107,10 @@ def main() -> None:
     print("| minute | RSS MiB | threads | fds | frames out | dropped | fps |")
     print("|---|---|---|---|---|---|---|")
     for s in samples:
-        print(f"| {s['minute']} | {s['rss_mib']} | {s['threads']} | {s['fds']} | {s['frames_out']} "
-              f"| {s['dropped']} | {s['fps']} |")
+        print(
+            f"| {s['minute']} | {s['rss_mib']} | {s['threads']} | {s['fds']} | {s['frames_out']} "
+            f"| {s['dropped']} | {s['fps']} |"
+        )
     print(f"\nRSS growth from minute {settle['minute']} to the end: {growth:+.2f} % (goal < 1 %)")
 
 

@@ -38,8 +38,13 @@ from tests.helpers import frame_of  # noqa: E402
 from tests.insightface_ref import INSwapperRef  # noqa: E402
 
 ARCFACE_128 = np.array(
-    [[0.36167656, 0.40387734], [0.63696719, 0.40235469], [0.50019687, 0.56044219],
-     [0.38710391, 0.72160547], [0.61507734, 0.72034453]]
+    [
+        [0.36167656, 0.40387734],
+        [0.63696719, 0.40235469],
+        [0.50019687, 0.56044219],
+        [0.38710391, 0.72160547],
+        [0.61507734, 0.72034453],
+    ]
 )
 OUT = Path(__file__).parent / "out"
 
@@ -149,8 +154,10 @@ def main() -> int:
     print("| frame | face width px | livefuse ms/face | without colour match | insightface paste_back ms | ratio |")
     print("|---|---|---|---|---|---|")
     for r in results["rows"]:  # type: ignore[union-attr]
-        print(f"| {r['size']} | {r['face_px']} | {r['livefuse_ms']} | {r['livefuse_no_colour_ms']} | "
-              f"{r['insightface_paste_back_ms']} | {r['ratio']}× |")
+        print(
+            f"| {r['size']} | {r['face_px']} | {r['livefuse_ms']} | {r['livefuse_no_colour_ms']} | "
+            f"{r['insightface_paste_back_ms']} | {r['ratio']}× |"
+        )
     return 0
 
 

@@ -191,9 +191,13 @@ def table(runs: list[dict[str, Any]]) -> str:
             f"| {received.get('jitter_buffer_ms', 0):.0f} | {server['dropped']['total']} "
             f"| {server['detector_rate']} | {r['machine_cpu_percent']:.0f} |"
         )
-    rows += ["", "Where the server's milliseconds go (p50 / p95; for the stages: queue wait · work):", "",
-             "| size | swap | convert in | capture | analyze | swap | output | convert out |",
-             "|---|---|---|---|---|---|---|---|"]
+    rows += [
+        "",
+        "Where the server's milliseconds go (p50 / p95; for the stages: queue wait · work):",
+        "",
+        "| size | swap | convert in | capture | analyze | swap | output | convert out |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
         b = r["server"]["budget_ms"]
         stages = " | ".join(

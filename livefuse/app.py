@@ -100,9 +100,7 @@ class Engine:
         so no live frame waits for it; otherwise inline (files: the same output every time).
         Close a live tracker (the pipeline does) to stop that thread."""
         s = self.settings.analysis
-        config = TrackerConfig(
-            detect_every=s.detect_every, max_faces=s.max_faces, smooth=s.smooth, background=live
-        )
+        config = TrackerConfig(detect_every=s.detect_every, max_faces=s.max_faces, smooth=s.smooth, background=live)
         return FaceTracker(self.detector(), self.landmarker(), config)
 
     def source_face(self, photo: Path) -> tuple[np.ndarray, SourceFace]:
@@ -205,8 +203,14 @@ class Engine:
 
     def _gpu_path(self, model: SwapModel, latents: np.ndarray, config: NeuralConfig, s: SwapSettings) -> GpuPairSwapper:
         """The swap on the GPU frame path (CUDA, TensorRT runner); closed with the engine."""
-        extras = [name for name, on in (("--enhancer", s.enhancer), ("--masks occlusion/parser",
-                  {"occlusion", "parser"} & s.masks)) if on]
+        extras = [
+            name
+            for name, on in (
+                ("--enhancer", s.enhancer),
+                ("--masks occlusion/parser", {"occlusion", "parser"} & s.masks),
+            )
+            if on
+        ]
         if extras:
             raise ConfigError(f"not on the GPU frame path yet: {', '.join(extras)}; use --frame-path cpu for them")
         max_faces = self.settings.analysis.max_faces
@@ -222,9 +226,7 @@ class Engine:
         names = [spec.name for spec in self.store.manifest.values() if spec.role == role]
         installed = [name for name in names if self.store.is_verified(name)]
         if not installed:
-            raise ModelError(
-                f"no {role} model is installed: livefuse models pull {names[0] if names else role}"
-            )
+            raise ModelError(f"no {role} model is installed: livefuse models pull {names[0] if names else role}")
         return installed[0]
 
     def _stage(self, name: str, setting: str, kind: Callable[[Runner, CropSpec], T]) -> T:

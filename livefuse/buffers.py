@@ -58,9 +58,7 @@ class FramePool:
         with self._cond:
             return len(self._free)
 
-    def acquire(
-        self, timeout: float | None = None, stop: threading.Event | None = None
-    ) -> np.ndarray | None:
+    def acquire(self, timeout: float | None = None, stop: threading.Event | None = None) -> np.ndarray | None:
         """A free image, or ``None`` if ``timeout`` seconds pass or ``stop`` is set first.
 
         With a ``stop`` event the wait wakes up regularly to check it, so a stopping

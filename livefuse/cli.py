@@ -47,33 +47,65 @@ _SWAP_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--no-colour", "colour", {"action": "store_const", "const": False, "help": "skip colour/lighting matching"}),
     ("--detector", "detector", {"choices": get_args(DetectorName), "help": "face detector (centerface: built in)"}),
     ("--detect-every", "detect_every", {"metavar": "K", "help": "run the detector every K frames, 1..1000 (10)"}),
-    ("--detect-size", "detect_size", {"metavar": "PX",
-                                      "help": "detector input size, longest side, a multiple of 32 (640)"}),
+    (
+        "--detect-size",
+        "detect_size",
+        {"metavar": "PX", "help": "detector input size, longest side, a multiple of 32 (640)"},
+    ),
     ("--max-faces", "max_faces", {"help": "most faces swapped per frame, 1..64 (8)"}),
     ("--no-smooth", "smooth", {"action": "store_const", "const": False, "help": "no landmark smoothing"}),
     ("--threads", "threads", {"help": "ONNX Runtime threads per model, 0 (its choice)..256 (1)"}),
     ("--providers", "providers", {"help": "comma-separated ONNX Runtime providers to try first"}),
-    ("--frame-path", "frame_path", {"choices": get_args(FramePath),
-                                    "help": "gpu: keep frames on the GPU for neural swaps (TensorRT) (cpu)"}),
-    ("--runtime", "runtime", {"choices": get_args(RuntimeName),
-                              "help": "what runs the models: auto (the best this machine has), cpu, "
-                                      "cuda (ONNX Runtime), torch or tensorrt (auto)"}),
-    ("--vram-budget", "vram_budget", {"metavar": "SIZE",
-                                      "help": "GPU memory each model may use, e.g. 6GiB or 6000MB (0: no limit)"}),
+    (
+        "--frame-path",
+        "frame_path",
+        {"choices": get_args(FramePath), "help": "gpu: keep frames on the GPU for neural swaps (TensorRT) (cpu)"},
+    ),
+    (
+        "--runtime",
+        "runtime",
+        {
+            "choices": get_args(RuntimeName),
+            "help": "what runs the models: auto (the best this machine has), cpu, "
+            "cuda (ONNX Runtime), torch or tensorrt (auto)",
+        },
+    ),
+    (
+        "--vram-budget",
+        "vram_budget",
+        {"metavar": "SIZE", "help": "GPU memory each model may use, e.g. 6GiB or 6000MB (0: no limit)"},
+    ),
     ("--home", "home", {"metavar": "DIR", "help": "models and samples directory"}),
 ]
 
 
 #: Content credentials on output files (run, demo, cam --record).
 _CREDENTIAL_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
-    ("--no-credentials", "credentials", {"action": "store_const", "const": False,
-                                         "help": "write files without C2PA content credentials"}),
-    ("--sign-cert", "sign_cert", {"metavar": "CERT.pem", "help": "certificate chain to sign outputs with "
-                                                                 "(default: a self-signed one in the home)"}),
+    (
+        "--no-credentials",
+        "credentials",
+        {"action": "store_const", "const": False, "help": "write files without C2PA content credentials"},
+    ),
+    (
+        "--sign-cert",
+        "sign_cert",
+        {
+            "metavar": "CERT.pem",
+            "help": "certificate chain to sign outputs with (default: a self-signed one in the home)",
+        },
+    ),
     ("--sign-key", "sign_key", {"metavar": "KEY.pem", "help": "the private key of --sign-cert"}),
 ]
-_LABEL_OPTION = ("--label", "label", {"nargs": "?", "const": DEFAULT_LABEL, "metavar": "TEXT",
-                                      "help": f"draw a visible label on the output ('{DEFAULT_LABEL}')"})
+_LABEL_OPTION = (
+    "--label",
+    "label",
+    {
+        "nargs": "?",
+        "const": DEFAULT_LABEL,
+        "metavar": "TEXT",
+        "help": f"draw a visible label on the output ('{DEFAULT_LABEL}')",
+    },
+)
 
 
 def _add_swap_options(parser: argparse.ArgumentParser, *extra: tuple[str, str, dict[str, Any]]) -> None:
@@ -84,8 +116,9 @@ def _add_swap_options(parser: argparse.ArgumentParser, *extra: tuple[str, str, d
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livefuse", description="Real-time face swap for live video.")
     parser.add_argument("--config", type=Path, help="TOML config file (options as keys)")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="-v: say what happens (INFO), -vv: debug logging")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="-v: say what happens (INFO), -vv: debug logging"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     cam = commands.add_parser("cam", help="swap faces live from a camera or stream")
@@ -98,16 +131,26 @@ def build_parser() -> argparse.ArgumentParser:
     cam.add_argument("--vcam-backend", dest="vcam_backend", default=None, help="v4l2loopback, obs or unitycapture")
     cam.add_argument("--preview", action="store_const", const=True, default=None, help="show a preview window")
     cam.add_argument("--record", type=Path, default=None, metavar="OUT.mp4", help="also write the output to a file")
-    cam.add_argument("--seconds", type=_ranged(number(0, 604800, above=True)), default=None,
-                     help="stop after this many seconds")
-    cam.add_argument("--reconnect-for", dest="reconnect_for", default=None, metavar="SECONDS",
-                     help="keep reopening a camera or stream that drops for this long (30; 0: end at once)")
+    cam.add_argument(
+        "--seconds", type=_ranged(number(0, 604800, above=True)), default=None, help="stop after this many seconds"
+    )
+    cam.add_argument(
+        "--reconnect-for",
+        dest="reconnect_for",
+        default=None,
+        metavar="SECONDS",
+        help="keep reopening a camera or stream that drops for this long (30; 0: end at once)",
+    )
 
     run = commands.add_parser("run", help="swap faces in a video or image file")
     _add_swap_options(run, *_CREDENTIAL_OPTIONS)
     run.add_argument("--input", required=True, help="video file, image or rtsp/http URL")
-    run.add_argument("--output", required=True, type=Path,
-                     help="output file: a video (.mp4, .mkv, .mov) or, for an image input, an image (.jpg, .png, .webp)")
+    run.add_argument(
+        "--output",
+        required=True,
+        type=Path,
+        help="output file: a video (.mp4, .mkv, .mov) or, for an image input, an image (.jpg, .png, .webp)",
+    )
     run.add_argument("--live", action="store_true", help="treat a URL input as a live stream (drop late frames)")
 
     demo = commands.add_parser("demo", help="pull what is needed and run on the sample clip")
@@ -135,14 +178,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="web demo page, WHIP ingest and OBS viewers (WebRTC)")
     _add_swap_options(serve, _LABEL_OPTION)
-    serve.add_argument("--force-label", dest="force_label", action="store_true",
-                       help=f"label every session's output (--label's text, else '{DEFAULT_LABEL}')")
+    serve.add_argument(
+        "--force-label",
+        dest="force_label",
+        action="store_true",
+        help=f"label every session's output (--label's text, else '{DEFAULT_LABEL}')",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1); others need a token")
-    serve.add_argument("--port", type=_ranged(integer(0, 65535)), default=8080,
-                       help="TCP port (8080; 0 picks a free one)")
+    serve.add_argument(
+        "--port", type=_ranged(integer(0, 65535)), default=8080, help="TCP port (8080; 0 picks a free one)"
+    )
     serve.add_argument("--token", default=None, help="access token (generated and printed when --host is not local)")
-    serve.add_argument("--max-sessions", dest="max_sessions", type=_ranged(integer(1, 64)), default=4,
-                       help="concurrent streams, 1..64 (4)")
+    serve.add_argument(
+        "--max-sessions",
+        dest="max_sessions",
+        type=_ranged(integer(1, 64)),
+        default=4,
+        help="concurrent streams, 1..64 (4)",
+    )
     serve.add_argument("--vcam", action="store_const", const=True, default=None, help="also send to a virtual camera")
     serve.add_argument("--vcam-device", dest="vcam_device", default=None, help="virtual camera (Linux: /dev/videoN)")
     serve.add_argument("--vcam-backend", dest="vcam_backend", default=None, help="v4l2loopback, obs or unitycapture")
@@ -170,17 +223,31 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_job_commands(commands: Any, serve: argparse.ArgumentParser) -> None:
     """The job service's options on ``serve``, and the ``jobs``, ``worker`` and ``gateway`` commands."""
     serve.add_argument("--job-workers", type=int, default=1, metavar="N", help="job worker threads (1)")
-    serve.add_argument("--queue", default=None, metavar="redis://HOST:6379/0",
-                       help="send jobs to 'livefuse worker' processes through Redis instead")
-    serve.add_argument("--storage", type=Path, default=None, metavar="DIR",
-                       help="job files (HOME/jobs/files); with --queue, a directory the workers share")
+    serve.add_argument(
+        "--queue",
+        default=None,
+        metavar="redis://HOST:6379/0",
+        help="send jobs to 'livefuse worker' processes through Redis instead",
+    )
+    serve.add_argument(
+        "--storage",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="job files (HOME/jobs/files); with --queue, a directory the workers share",
+    )
     serve.add_argument("--job-db", type=Path, default=None, metavar="FILE", help="job table (HOME/jobs/jobs.sqlite3)")
     serve.add_argument("--max-job-upload", default="2GB", metavar="SIZE", help="largest video per job (2GB)")
     serve.add_argument("--job-quota", default=None, metavar="SIZE", help="most space all jobs may take (none)")
-    serve.add_argument("--advertise", default=None, metavar="URL",
-                       help="with --queue: the address the gateway reaches this server at (http://HOST:PORT)")
-    serve.add_argument("--job-retention", type=float, default=24.0, metavar="HOURS",
-                       help="how long finished jobs are kept (24)")
+    serve.add_argument(
+        "--advertise",
+        default=None,
+        metavar="URL",
+        help="with --queue: the address the gateway reaches this server at (http://HOST:PORT)",
+    )
+    serve.add_argument(
+        "--job-retention", type=float, default=24.0, metavar="HOURS", help="how long finished jobs are kept (24)"
+    )
 
     jobs = commands.add_parser("jobs", help="submit, follow, cancel and fetch jobs on a livefuse server")
     jobs_cmd = jobs.add_subparsers(dest="action", required=True)

@@ -247,8 +247,9 @@ def models(args: argparse.Namespace, settings: Settings) -> int:
     store = ModelStore(home_of(settings))
     if args.action == "pull":
         with ProgressLine("downloading", unit="B", scale_bytes=True) as line:
-            paths = ModelInstaller(store).pull(args.names or None, from_dir=args.from_dir, log=log.info,
-                                               progress=line.set)
+            paths = ModelInstaller(store).pull(
+                args.names or None, from_dir=args.from_dir, log=log.info, progress=line.set
+            )
         for path in paths:
             print(path)
         return 0

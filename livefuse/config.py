@@ -184,10 +184,19 @@ class Settings:
 Parser = Callable[[Any], Any]
 
 #: Units of a memory size: decimal (MB = 10^6 bytes) and binary (MiB = 2^20 bytes).
-BYTE_UNITS = MappingProxyType({
-    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-})
+BYTE_UNITS = MappingProxyType(
+    {
+        "b": 1,
+        "kb": 10**3,
+        "mb": 10**6,
+        "gb": 10**9,
+        "tb": 10**12,
+        "kib": 2**10,
+        "mib": 2**20,
+        "gib": 2**30,
+        "tib": 2**40,
+    }
+)
 
 _BYTES = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)", re.IGNORECASE)
 
@@ -364,74 +373,75 @@ class Option:
 
 def _options(section: str, **parsers: Parser | tuple[str, Parser]) -> dict[str, Option]:
     return {
-        name: Option(section, *p) if isinstance(p, tuple) else Option(section, name, p)
-        for name, p in parsers.items()
+        name: Option(section, *p) if isinstance(p, tuple) else Option(section, name, p) for name, p in parsers.items()
     }
 
 
 #: Every option by its flat name (CLI ``--detect-every``, ``LIVEFUSE_DETECT_EVERY``, ``detect_every``).
-OPTIONS: Mapping[str, Option] = MappingProxyType({
-    **_options(
-        "capture",
-        camera=text,
-        size=("size", optional(size)),
-        fps=number(0, 1000, above=True),
-        queue_size=integer(1, 64),
-        reconnect_for=number(0, 86400),
-    ),
-    **_options(
-        "analysis",
-        detector=choice(DetectorName),
-        detect_every=integer(1, 1000),
-        detect_size=multiple(32, 32, 4096),
-        detect_threshold=number(0, 1, above=True),
-        smooth=boolean,
-        max_faces=integer(1, 64),
-    ),
-    **_options(
-        "swap",
-        source=optional(text),
-        swapper=text,
-        enhancer=optional(text),
-        enhance_every=integer(1, 1000),
-        enhance_strength=number(0, 1),
-        mask=("masks", masks),
-        mask_style=choice(MaskStyle),
-        faces=choice(FaceMode),
-        map=("mapping", mapping),
-        map_threshold=number(-1, 1),
-        keep_mouth=boolean,
-        opacity=number(0, 1),
-        sharpness=number(0, 4),
-        colour=boolean,
-        frame_path=choice(FramePath),
-    ),
-    **_options(
-        "output",
-        vcam=boolean,
-        vcam_device=optional(text),
-        vcam_backend=optional(text),
-        preview=boolean,
-    ),
-    **_options(
-        "runtime",
-        runtime=choice(RuntimeName),
-        providers=providers,
-        threads=integer(0, 256),
-        vram_budget=memory,
-        home=optional(directory),
-    ),
-    **_options(
-        "safeguards",
-        credentials=boolean,
-        sign_cert=optional(directory),
-        sign_key=optional(directory),
-        label=optional(text),
-        state_dir=optional(directory),
-        audit_retention_days=integer(0, 100_000),
-    ),
-    **_options("", log_level=choice(LogLevel)),
-})
+OPTIONS: Mapping[str, Option] = MappingProxyType(
+    {
+        **_options(
+            "capture",
+            camera=text,
+            size=("size", optional(size)),
+            fps=number(0, 1000, above=True),
+            queue_size=integer(1, 64),
+            reconnect_for=number(0, 86400),
+        ),
+        **_options(
+            "analysis",
+            detector=choice(DetectorName),
+            detect_every=integer(1, 1000),
+            detect_size=multiple(32, 32, 4096),
+            detect_threshold=number(0, 1, above=True),
+            smooth=boolean,
+            max_faces=integer(1, 64),
+        ),
+        **_options(
+            "swap",
+            source=optional(text),
+            swapper=text,
+            enhancer=optional(text),
+            enhance_every=integer(1, 1000),
+            enhance_strength=number(0, 1),
+            mask=("masks", masks),
+            mask_style=choice(MaskStyle),
+            faces=choice(FaceMode),
+            map=("mapping", mapping),
+            map_threshold=number(-1, 1),
+            keep_mouth=boolean,
+            opacity=number(0, 1),
+            sharpness=number(0, 4),
+            colour=boolean,
+            frame_path=choice(FramePath),
+        ),
+        **_options(
+            "output",
+            vcam=boolean,
+            vcam_device=optional(text),
+            vcam_backend=optional(text),
+            preview=boolean,
+        ),
+        **_options(
+            "runtime",
+            runtime=choice(RuntimeName),
+            providers=providers,
+            threads=integer(0, 256),
+            vram_budget=memory,
+            home=optional(directory),
+        ),
+        **_options(
+            "safeguards",
+            credentials=boolean,
+            sign_cert=optional(directory),
+            sign_key=optional(directory),
+            label=optional(text),
+            state_dir=optional(directory),
+            audit_retention_days=integer(0, 100_000),
+        ),
+        **_options("", log_level=choice(LogLevel)),
+    }
+)
 
 
 # --------------------------------------------------------------------------- loading
@@ -509,9 +519,7 @@ def default_config_path(env: Mapping[str, str]) -> Path:
     return base / "livefuse" / "config.toml"
 
 
-def load_settings(
-    cli: Mapping[str, Any], env: Mapping[str, str] | None = None, config: Path | None = None
-) -> Settings:
+def load_settings(cli: Mapping[str, Any], env: Mapping[str, str] | None = None, config: Path | None = None) -> Settings:
     """Merge the layers and parse each value once. ``cli`` holds only options given on the
     command line (flat names). A bad value raises :class:`ConfigError` naming its origin."""
     env = os.environ if env is None else env
@@ -536,12 +544,14 @@ def check_swap(swap: SwapSettings) -> None:
     if swap.swapper != MESH:
         return
     unused = [
-        name for name, on in (
+        name
+        for name, on in (
             ("--enhancer", swap.enhancer),
             ("--mask " + ",".join(sorted(swap.masks - {"mouth"})), swap.masks - {"mouth"}),
             ("--sharpness", swap.sharpness > 0),
             ("--frame-path gpu", swap.frame_path == "gpu"),
-        ) if on
+        )
+        if on
     ]
     if unused:
         raise ConfigError(

@@ -56,12 +56,28 @@ MINOR_COMPAT_DRIVER: Mapping[int, tuple[str, str | None]] = MappingProxyType(
 )
 
 #: Distributions that all install the same ``onnxruntime`` package: only one may be installed.
-ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
-                     "onnxruntime-silicon", "onnxruntime-qnn")
+ORT_DISTRIBUTIONS = (
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-directml",
+    "onnxruntime-openvino",
+    "onnxruntime-silicon",
+    "onnxruntime-qnn",
+)
 
 #: Distributions whose version the report shows.
-PACKAGES = (*ORT_DISTRIBUTIONS, "tensorrt", "tensorrt-cu12", "tensorrt-cu13", "torch", "onnx2torch",
-            "cuda-python", "cuda-bindings", "nvidia-cudnn-cu12", "nvidia-cudnn-cu13")
+PACKAGES = (
+    *ORT_DISTRIBUTIONS,
+    "tensorrt",
+    "tensorrt-cu12",
+    "tensorrt-cu13",
+    "torch",
+    "onnx2torch",
+    "cuda-python",
+    "cuda-bindings",
+    "nvidia-cudnn-cu12",
+    "nvidia-cudnn-cu13",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,17 +175,25 @@ def _driver_vs_runtime(facts: Facts, who: str, cuda: str, windows: bool) -> Prob
     fix += f", or install a {who} built for the CUDA your driver supports"
     oldest = MINOR_COMPAT_DRIVER.get(_major_minor(cuda)[0])
     floor = oldest[1 if windows else 0] if oldest else None
-    too_old = (
-        facts.driver_cuda is not None and _major_minor(facts.driver_cuda)[0] < _major_minor(cuda)[0]
-    ) or (facts.driver is not None and floor is not None and version_tuple(facts.driver) < version_tuple(floor))
+    too_old = (facts.driver_cuda is not None and _major_minor(facts.driver_cuda)[0] < _major_minor(cuda)[0]) or (
+        facts.driver is not None and floor is not None and version_tuple(facts.driver) < version_tuple(floor)
+    )
     if too_old:
-        return Problem("driver-insufficient", "error",
-                       f"CUDA driver version is insufficient: {who} needs CUDA {cuda}, the driver "
-                       f"{facts.driver or ''} supports CUDA {facts.driver_cuda or 'older'}{ships}", fix)
+        return Problem(
+            "driver-insufficient",
+            "error",
+            f"CUDA driver version is insufficient: {who} needs CUDA {cuda}, the driver "
+            f"{facts.driver or ''} supports CUDA {facts.driver_cuda or 'older'}{ships}",
+            fix,
+        )
     if facts.driver_cuda is not None and _major_minor(facts.driver_cuda) < _major_minor(cuda):
-        return Problem("driver-old", "warning",
-                       f"{who} needs CUDA {cuda}, the driver supports {facts.driver_cuda}: it runs through "
-                       f"CUDA minor version compatibility, without PTX JIT{ships}", fix)
+        return Problem(
+            "driver-old",
+            "warning",
+            f"{who} needs CUDA {cuda}, the driver supports {facts.driver_cuda}: it runs through "
+            f"CUDA minor version compatibility, without PTX JIT{ships}",
+            fix,
+        )
     return None
 
 
@@ -177,21 +201,27 @@ def _ort_problems(facts: Facts) -> list[Problem]:
     present = [d for d in ORT_DISTRIBUTIONS if d in facts.packages]
     out = []
     if len(present) > 1:
-        out.append(Problem(
-            "ort-conflict", "error",
-            f"{' and '.join(present)} are installed together: they overwrite each other's files in the "
-            "same 'onnxruntime' package, so which one you get (and whether it imports at all) is luck",
-            f"pip uninstall -y {' '.join(present)}, then install only one: onnxruntime-gpu for an NVIDIA "
-            "GPU, onnxruntime otherwise",
-        ))
+        out.append(
+            Problem(
+                "ort-conflict",
+                "error",
+                f"{' and '.join(present)} are installed together: they overwrite each other's files in the "
+                "same 'onnxruntime' package, so which one you get (and whether it imports at all) is luck",
+                f"pip uninstall -y {' '.join(present)}, then install only one: onnxruntime-gpu for an NVIDIA "
+                "GPU, onnxruntime otherwise",
+            )
+        )
     if "CUDAExecutionProvider" in facts.runtime.ort_providers and facts.cudnn is None:
-        out.append(Problem(
-            "cudnn-missing", "error",
-            "onnxruntime-gpu is installed but cuDNN was not found: its CUDA provider fails to load and "
-            "ONNX Runtime silently runs on the CPU",
-            "pip install nvidia-cudnn-cu12 (cuDNN 9, for CUDA 12 builds of onnxruntime-gpu), or install "
-            "cuDNN 9 from NVIDIA and put it on the library path",
-        ))
+        out.append(
+            Problem(
+                "cudnn-missing",
+                "error",
+                "onnxruntime-gpu is installed but cuDNN was not found: its CUDA provider fails to load and "
+                "ONNX Runtime silently runs on the CPU",
+                "pip install nvidia-cudnn-cu12 (cuDNN 9, for CUDA 12 builds of onnxruntime-gpu), or install "
+                "cuDNN 9 from NVIDIA and put it on the library path",
+            )
+        )
     return out
 
 
@@ -207,46 +237,61 @@ def _gpu_problems(facts: Facts) -> list[Problem]:
     if facts.gpus or facts.runtime.gpus:
         return []
     if facts.wsl and not facts.wsl_gpu:
-        return [Problem(
-            "wsl-no-gpu", "warning",
-            "this is WSL 2 without GPU passthrough (no /dev/dxg): the GPU is invisible, livefuse runs on the CPU",
-            "install the current NVIDIA driver on Windows (it includes WSL support; install no Linux driver "
-            "inside WSL), run 'wsl --update' and 'wsl --shutdown', then check 'nvidia-smi' inside WSL",
-        )]
+        return [
+            Problem(
+                "wsl-no-gpu",
+                "warning",
+                "this is WSL 2 without GPU passthrough (no /dev/dxg): the GPU is invisible, livefuse runs on the CPU",
+                "install the current NVIDIA driver on Windows (it includes WSL support; install no Linux driver "
+                "inside WSL), run 'wsl --update' and 'wsl --shutdown', then check 'nvidia-smi' inside WSL",
+            )
+        ]
     gpu_packages = _gpu_packages(facts)
     if gpu_packages and facts.driver is None:
-        return [Problem(
-            "no-driver", "warning",
-            f"GPU packages are installed ({', '.join(gpu_packages)}) but no NVIDIA driver is loaded: "
-            "livefuse runs on the CPU",
-            "install the NVIDIA driver (check with 'nvidia-smi'); in a container, start it with GPU access "
-            "(docker run --gpus all)",
-        )]
-    return [Problem(
-        "cpu-mode", "info",
-        "no NVIDIA GPU: livefuse runs on the CPU. That is fine for the built-in mesh swapper and for "
-        "trying things out; neural swapping at live frame rates needs an NVIDIA GPU",
-        "nothing to do; with an NVIDIA GPU, install onnxruntime-gpu (in place of onnxruntime), or TensorRT "
-        "(pip install tensorrt-cu12 cuda-python) and build engines",
-    )]
+        return [
+            Problem(
+                "no-driver",
+                "warning",
+                f"GPU packages are installed ({', '.join(gpu_packages)}) but no NVIDIA driver is loaded: "
+                "livefuse runs on the CPU",
+                "install the NVIDIA driver (check with 'nvidia-smi'); in a container, start it with GPU access "
+                "(docker run --gpus all)",
+            )
+        ]
+    return [
+        Problem(
+            "cpu-mode",
+            "info",
+            "no NVIDIA GPU: livefuse runs on the CPU. That is fine for the built-in mesh swapper and for "
+            "trying things out; neural swapping at live frame rates needs an NVIDIA GPU",
+            "nothing to do; with an NVIDIA GPU, install onnxruntime-gpu (in place of onnxruntime), or TensorRT "
+            "(pip install tensorrt-cu12 cuda-python) and build engines",
+        )
+    ]
 
 
 def _tensorrt_problems(facts: Facts) -> list[Problem]:
     rt = facts.runtime
     out = []
     if rt.tensorrt_error:
-        out.append(Problem(
-            "tensorrt-libs", "error",
-            f"TensorRT libraries not found: {rt.tensorrt_error}",
-            "pip install --force-reinstall tensorrt-cu12 (the wheels bring libnvinfer), or put TensorRT's "
-            "lib directory on LD_LIBRARY_PATH (PATH on Windows)",
-        ))
+        out.append(
+            Problem(
+                "tensorrt-libs",
+                "error",
+                f"TensorRT libraries not found: {rt.tensorrt_error}",
+                "pip install --force-reinstall tensorrt-cu12 (the wheels bring libnvinfer), or put TensorRT's "
+                "lib directory on LD_LIBRARY_PATH (PATH on Windows)",
+            )
+        )
     if rt.tensorrt is not None and rt.cuda_python is None:
-        out.append(Problem(
-            "no-cuda-python", "warning",
-            "TensorRT is installed but cuda-python is not: the TensorRT runner needs it for streams and memory",
-            "pip install 'livefuse[cuda]' (cuda-python ships as wheels; no CUDA toolkit needed)",
-        ))
+        out.append(
+            Problem(
+                "no-cuda-python",
+                "warning",
+                "TensorRT is installed but cuda-python is not: the TensorRT runner needs it for streams and memory",
+                "pip install 'livefuse[cuda]' (cuda-python ships as wheels; no CUDA toolkit needed)",
+            )
+        )
     return out
 
 
@@ -262,7 +307,11 @@ def _engine_problems(facts: Facts) -> list[Problem]:
 
 #: Every check, in the order the report lists their problems.
 CHECKS: tuple[Callable[[Facts], list[Problem]], ...] = (
-    _ort_problems, _driver_problems, _tensorrt_problems, _gpu_problems, _engine_problems,
+    _ort_problems,
+    _driver_problems,
+    _tensorrt_problems,
+    _gpu_problems,
+    _engine_problems,
 )
 
 
@@ -286,8 +335,9 @@ def _run(cmd: Sequence[str]) -> str | None:
 
 def _nvidia_smi() -> tuple[str | None, str | None, tuple[GpuFacts, ...]]:
     """Driver version, the CUDA it supports, and the GPUs, from nvidia-smi (when it runs)."""
-    query = _run(["nvidia-smi", "--query-gpu=driver_version,name,compute_cap,memory.total",
-                  "--format=csv,noheader,nounits"])
+    query = _run(
+        ["nvidia-smi", "--query-gpu=driver_version,name,compute_cap,memory.total", "--format=csv,noheader,nounits"]
+    )
     if query is None:
         return None, None, ()
     gpus, driver = [], None
@@ -453,8 +503,12 @@ def _facts_lines(facts: Facts) -> list[str]:
         _line("cuDNN", facts.cudnn or "-"),
         _line("TensorRT", rt.tensorrt or ("does not load" if rt.tensorrt_error else "not installed")),
         _line("cuda-python", rt.cuda_python or "not installed"),
-        _line("torch", (rt.torch or "not installed") + (" with CUDA" if rt.torch_cuda else "")
-              + (f"; onnx2torch {rt.onnx2torch}" if rt.onnx2torch else "")),
+        _line(
+            "torch",
+            (rt.torch or "not installed")
+            + (" with CUDA" if rt.torch_cuda else "")
+            + (f"; onnx2torch {rt.onnx2torch}" if rt.onnx2torch else ""),
+        ),
         _line("pinned memory", bandwidth),
     ]
 

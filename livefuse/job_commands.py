@@ -7,7 +7,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from livefuse.config import Settings
 from livefuse.errors import ConfigError
 from livefuse.jobs.client import JobsClient
 from livefuse.jobs.options import normalise_options
+from livefuse.progress import ProgressLine
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -71,17 +71,11 @@ def _line(job: dict[str, Any]) -> str:
 
 def _wait_and_fetch(client: JobsClient, job_id: str, output: Path | None) -> int:
     """Follow the job's events with a progress bar; download the result when it succeeded."""
-    from livefuse.commands import progress_printer
-
     job = client.get(job_id)
-    show = None
-    for _event, job in client.events(job_id):
-        total = job["progress"]["total"]
-        if sys.stderr.isatty() and job["state"] == "running":
-            show = show or progress_printer(total)
-            show(job["progress"]["done"], time.monotonic())
-    if show is not None:
-        sys.stderr.write("\n")
+    with ProgressLine(f"job {job_id}", job["progress"]["total"]) as line:
+        for _event, job in client.events(job_id):
+            if job["state"] == "running":
+                line.set(job["progress"]["done"], job["progress"]["total"])
     if job["state"] != "succeeded":
         print(_line(job), file=sys.stderr)
         return 1

@@ -55,8 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = dataclasses.replace(options, home=resolve_home(options.home))
     except ConfigError as exc:
         parser.error(str(exc))  # usage and exit status 2, as for any other bad option
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         results = build_engines(options)
     except LivefuseError as exc:

@@ -38,12 +38,18 @@ def main(path: str) -> None:
     if len(verts) != 468:
         raise SystemExit(f"{path}: expected 468 vertices, found {len(verts)}")
     rows_v = "\n".join(f"    [{x:.6f}, {y:.6f}, {z:.6f}]," for x, y, z in verts)
-    rows_f = "\n".join("    " + " ".join(f"[{a}, {b}, {c}]," for a, b, c in faces[i : i + 6]) for i in range(0, len(faces), 6))
+    rows_f = "\n".join(
+        "    " + " ".join(f"[{a}, {b}, {c}]," for a, b, c in faces[i : i + 6]) for i in range(0, len(faces), 6)
+    )
     text = (
         HEADER
-        + "#: (468, 3) vertex positions.\nVERTICES = np.array([\n" + rows_v + "\n], np.float32)  # fmt: skip\n\n"
+        + "#: (468, 3) vertex positions.\nVERTICES = np.array([\n"
+        + rows_v
+        + "\n], np.float32)  # fmt: skip\n\n"
         + "#: (898, 3) triangles, indices into VERTICES, front faces clockwise in image coordinates.\n"
-        + "TRIANGLES = np.array([\n" + rows_f + "\n], np.int32)  # fmt: skip\n"
+        + "TRIANGLES = np.array([\n"
+        + rows_f
+        + "\n], np.int32)  # fmt: skip\n"
     )
     OUT.write_text(text)
     print(f"wrote {OUT}: {len(verts)} vertices, {len(faces)} triangles")

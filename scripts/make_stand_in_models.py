@@ -58,8 +58,7 @@ def _faithful(names: list[str], out: Path) -> None:
         path = standins.make_faithful(name, out)
         took = time.perf_counter() - start
         print(
-            f"{name:<20} {params / 1e6:9.2f}M {macs / 1e9:9.2f} {path.stat().st_size / 1e6:7.1f}MB "
-            f"{took:6.1f}s  {path}"
+            f"{name:<20} {params / 1e6:9.2f}M {macs / 1e9:9.2f} {path.stat().st_size / 1e6:7.1f}MB {took:6.1f}s  {path}"
         )
 
 

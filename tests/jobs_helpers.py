@@ -70,8 +70,11 @@ class Proc:
         # aioice leaves 127.0.0.1 out of its candidates; a live-session test's worker must offer it.
         launch = ["-c", _LOOPBACK_LAUNCH, *args] if loopback_ice else ["-m", "livefuse", *args]
         self.popen = subprocess.Popen(
-            [sys.executable, *launch], env=livefuse_env(home), cwd=REPO,
-            stdout=self._fh, stderr=subprocess.STDOUT,
+            [sys.executable, *launch],
+            env=livefuse_env(home),
+            cwd=REPO,
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
         )
 
     def text(self) -> str:
@@ -101,8 +104,9 @@ class Proc:
 
 
 @contextmanager
-def serving(home: Path, tmp: Path, *extra: str, name: str = "serve",
-            loopback_ice: bool = False) -> Iterator[tuple[Proc, JobsClient]]:
+def serving(
+    home: Path, tmp: Path, *extra: str, name: str = "serve", loopback_ice: bool = False
+) -> Iterator[tuple[Proc, JobsClient]]:
     """``livefuse serve`` on a free port with its job table and files under ``tmp``."""
     args = ["serve", "--port", "0", "--job-db", str(tmp / "jobs.sqlite3"), *extra]
     if "--storage" not in extra:
@@ -115,8 +119,9 @@ def serving(home: Path, tmp: Path, *extra: str, name: str = "serve",
         proc.stop()
 
 
-def wait_state(client: JobsClient, job_id: str, states: set[str], timeout: float = 120.0,
-               done_at_least: int = 0) -> dict:
+def wait_state(
+    client: JobsClient, job_id: str, states: set[str], timeout: float = 120.0, done_at_least: int = 0
+) -> dict:
     """Poll until the job is in one of ``states`` (with ``done_at_least`` frames written)."""
     deadline = time.monotonic() + timeout
     job = client.get(job_id)

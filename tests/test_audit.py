@@ -75,10 +75,13 @@ def test_an_edited_row_with_a_recomputed_hash_breaks_the_next_link(tmp_path):
     )
 
 
-@pytest.mark.parametrize("seq, problem", [
-    (2, "row 3 does not follow the row before it"),
-    (1, "the log starts at row 2: earlier rows were deleted without a retention record"),
-])
+@pytest.mark.parametrize(
+    "seq, problem",
+    [
+        (2, "row 3 does not follow the row before it"),
+        (1, "the log starts at row 2: earlier rows were deleted without a retention record"),
+    ],
+)
 def test_a_deleted_row_is_detected(tmp_path, seq, problem):
     path = tmp_path / "audit.sqlite3"
     audit = _filled(path)
@@ -118,8 +121,20 @@ def test_run_is_recorded_with_hashes_and_livefuse_audit_shows_it(cli_home, tmp_p
     photo, target = cli_home / "samples" / "biden.jpg", cli_home / "samples" / "obama.jpg"
     out = tmp_path / "out.mp4"
     assert main(["run", "--source", str(photo), "--input", str(target), "--output", str(out), "--opacity", "0.9"]) == 0
-    assert main(["run", "--source", str(photo), "--input", str(tmp_path / "missing.mp4"),
-                 "--output", str(tmp_path / "o2.mp4")]) == 1
+    assert (
+        main(
+            [
+                "run",
+                "--source",
+                str(photo),
+                "--input",
+                str(tmp_path / "missing.mp4"),
+                "--output",
+                str(tmp_path / "o2.mp4"),
+            ]
+        )
+        == 1
+    )
     capsys.readouterr()
     assert main(["audit", "--json"]) == 0
     ok, failed = json.loads(capsys.readouterr().out)

@@ -40,8 +40,9 @@ ORT_GPU = RuntimeFacts(gpus=1, cc=(9, 0), ort_providers=(TRT, CUDA, CPU))
 #: A GPU box with TensorRT and cuda-python too.
 TRT_GPU = dataclasses.replace(ORT_GPU, tensorrt="10.3.0", cuda_python="12.6.0")
 #: A GPU box with torch + onnx2torch and the CPU build of onnxruntime.
-TORCH_GPU = RuntimeFacts(gpus=1, cc=(9, 0), ort_providers=(CPU,), torch="2.5.1+cu124", torch_cuda=True,
-                         onnx2torch="1.5.15")
+TORCH_GPU = RuntimeFacts(
+    gpus=1, cc=(9, 0), ort_providers=(CPU,), torch="2.5.1+cu124", torch_cuda=True, onnx2torch="1.5.15"
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +61,18 @@ def feeds(batch: int = 2) -> dict[str, np.ndarray]:
 
 def save_engine_for(onnx: Path, engines_dir: Path) -> EngineMatch:
     record = EngineRecord(
-        model=MODEL, onnx_sha256=sha256_file(onnx), trt_version="10.3.0", cc=(9, 0), precision="fp16",
-        profiles=batch_profiles([("input.1", (1, 3, 112, 112))], 8), tensors=(), layer_precisions=(),
-        optimization_level=3, workspace_bytes=GIB, build_seconds=1.0, built_at="2026-11-20T00:00:00+00:00",
+        model=MODEL,
+        onnx_sha256=sha256_file(onnx),
+        trt_version="10.3.0",
+        cc=(9, 0),
+        precision="fp16",
+        profiles=batch_profiles([("input.1", (1, 3, 112, 112))], 8),
+        tensors=(),
+        layer_precisions=(),
+        optimization_level=3,
+        workspace_bytes=GIB,
+        build_seconds=1.0,
+        built_at="2026-11-20T00:00:00+00:00",
     )
     return save_engine(engines_dir, b"engine", record)
 
@@ -136,8 +146,9 @@ def test_runtime_and_budget_come_from_cli_environment_and_config_file(tmp_path: 
     env = {"LIVEFUSE_RUNTIME": "torch", "LIVEFUSE_VRAM_BUDGET": "4GiB"}
     from_env = load_settings({}, env=env, config=config)
     assert (from_env.runtime.runtime, from_env.runtime.vram_budget) == ("torch", 4 * GIB)
-    args = build_parser().parse_args(["run", "--input", "a.mp4", "--output", "b.mp4", "--runtime", "tensorrt",
-                                      "--vram-budget", "6000MB"])
+    args = build_parser().parse_args(
+        ["run", "--input", "a.mp4", "--output", "b.mp4", "--runtime", "tensorrt", "--vram-budget", "6000MB"]
+    )
     from_cli = load_settings({"runtime": args.runtime, "vram_budget": args.vram_budget}, env=env, config=config)
     assert (from_cli.runtime.runtime, from_cli.runtime.vram_budget) == ("tensorrt", 6_000_000_000)
     assert runner_options(from_cli.runtime).runtime is Backend.TENSORRT
@@ -247,8 +258,12 @@ def test_tensorrt_runner_gets_the_engine_and_the_budget(
     assert isinstance(runner, _Recorded) and runner.is_active
     assert runner.args == (model[0], tmp_path)
     # The hash the engine was matched by, so the runner loads the engine the choice saw.
-    assert runner.kwargs == {"onnx_sha256": saved.record.onnx_sha256, "weight_budget": 6 * GIB, "device": 0,
-                             "name": MODEL}
+    assert runner.kwargs == {
+        "onnx_sha256": saved.record.onnx_sha256,
+        "weight_budget": 6 * GIB,
+        "device": 0,
+        "name": MODEL,
+    }
 
 
 def test_torch_runner_is_cuda_fp16_with_the_budget_and_falls_back_when_it_cannot_start(
@@ -288,13 +303,19 @@ FORCED_MISSING = [
     ("no TensorRT", ORT_GPU, Backend.TENSORRT, "TensorRT is not installed", "pip install 'livefuse[tensorrt]'"),
     ("no engine", TRT_GPU, Backend.TENSORRT, "there is no TensorRT engine", "scripts/build_engines.py --model"),
     ("CPU onnxruntime", NO_ORT_GPU, Backend.ORT_CUDA, "no CUDA provider", "pip install onnxruntime-gpu"),
-    ("no torch", ORT_GPU, Backend.TORCH_CUDA, "torch and onnx2torch are not installed",
-     "pip install 'livefuse[torch]'"),
+    (
+        "no torch",
+        ORT_GPU,
+        Backend.TORCH_CUDA,
+        "torch and onnx2torch are not installed",
+        "pip install 'livefuse[torch]'",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("known", "backend", "why", "fix"), [c[1:] for c in FORCED_MISSING],
-                         ids=[c[0] for c in FORCED_MISSING])
+@pytest.mark.parametrize(
+    ("known", "backend", "why", "fix"), [c[1:] for c in FORCED_MISSING], ids=[c[0] for c in FORCED_MISSING]
+)
 def test_forced_runtime_that_is_missing_says_what_and_how_to_get_it(
     model: tuple[ModelSpec, Path], tmp_path: Path, known: RuntimeFacts, backend: Backend, why: str, fix: str
 ) -> None:
@@ -310,8 +331,11 @@ def test_forced_tensorrt_that_does_not_import_is_a_config_error(
 ) -> None:
     save_engine_for(model[1], tmp_path)
     monkeypatch.setitem(sys.modules, "livefuse.runtime.trt", None)
-    with pytest.raises(ConfigError, match=r"runtime 'tensorrt' \(tensorrt\) was asked for, but it does not import.*"
-                                          r"livefuse\[tensorrt\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"runtime 'tensorrt' \(tensorrt\) was asked for, but it does not import.*"
+        r"livefuse\[tensorrt\]",
+    ):
         factory(TRT_GPU, tmp_path, runtime=Backend.TENSORRT).open(*model)
 
 
@@ -350,7 +374,6 @@ def test_engine_on_onnxruntime_cuda_uses_the_gpu(livefuse_home: Path) -> None:
     settings = load_settings({"home": str(livefuse_home), "runtime": "cuda", "vram_budget": "2GiB"}, env={})
     with Engine(settings) as engine:
         assert engine.runner("centerface").provider == CUDA
-
 
 
 def test_a_hash_the_caller_verified_is_not_computed_again(

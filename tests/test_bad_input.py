@@ -38,7 +38,9 @@ def photo(home) -> str:
     return str(home / "samples" / "biden.jpg")
 
 
-def write_clip(path: Path, frames: int, size: tuple[int, int], codec: str = "mpeg4", source: Path | None = None) -> Path:
+def write_clip(
+    path: Path, frames: int, size: tuple[int, int], codec: str = "mpeg4", source: Path | None = None
+) -> Path:
     """A clip of the demo video's frames resized to ``size`` (w, h)."""
     cap = cv2.VideoCapture(str(source)) if source else None
     with av.open(str(path), "w") as out:
@@ -220,7 +222,9 @@ LIVEFUSE = str(Path(sys.executable).parent / "livefuse")
 def start_run(photo: str, clip: Path, out: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [LIVEFUSE, "run", "--source", photo, "--input", str(clip), "--output", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -275,8 +279,9 @@ def png_claiming(width: int, height: int, depth16: bool = False) -> bytes:
         ("source", "huge.png", png_claiming(20000, 20000), "the limit is 64 MP"),
     ],
 )
-def test_empty_and_huge_images_are_refused_before_decoding(photo, clip, tmp_path, caplog, capsys,
-                                                          role, name, content, message):
+def test_empty_and_huge_images_are_refused_before_decoding(
+    photo, clip, tmp_path, caplog, capsys, role, name, content, message
+):
     bad = tmp_path / name
     bad.write_bytes(content)
     source, given = (str(bad), str(clip)) if role == "source" else (photo, str(bad))

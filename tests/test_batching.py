@@ -13,8 +13,10 @@ from livefuse.runtime.base import Runner, TensorSpec, is_out_of_memory
 from livefuse.swap.neural.models import run_batched
 
 #: What ONNX Runtime's CUDA arena raises when it cannot grow (an ``onnxruntime...RuntimeException``).
-ORT_OOM = ("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Conv node. "
-           "Name:'Conv_0' Status Message: Failed to allocate memory for requested buffer of size 268435456")
+ORT_OOM = (
+    "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Conv node. "
+    "Name:'Conv_0' Status Message: Failed to allocate memory for requested buffer of size 268435456"
+)
 
 
 class OrtRuntimeException(Exception):

@@ -16,9 +16,7 @@ from livefuse.buffers import FramePool, FrameQueue, QueueClosed
 def test_pool_hands_out_distinct_preallocated_images() -> None:
     pool = FramePool(3, 4, 5)
     images = [pool.acquire(timeout=0) for _ in range(3)]
-    assert all(
-        img is not None and img.shape == (4, 5, 3) and img.dtype == np.uint8 for img in images
-    )
+    assert all(img is not None and img.shape == (4, 5, 3) and img.dtype == np.uint8 for img in images)
     assert len({id(img) for img in images}) == 3
     assert pool.available == 0
     for img in images:

@@ -48,8 +48,9 @@ def count_frames(path: Path) -> int:
 
 def test_run_swaps_every_frame_and_prints_summary(home, short_clip, tmp_path, capsys):
     out = tmp_path / "out.mp4"
-    code = main(["run", "--source", str(home / "samples" / "biden.jpg"), "--input", str(short_clip),
-                 "--output", str(out)])
+    code = main(
+        ["run", "--source", str(home / "samples" / "biden.jpg"), "--input", str(short_clip), "--output", str(out)]
+    )
     assert code == 0
     assert count_frames(out) == 24
     summary = capsys.readouterr().out.strip().splitlines()[-1]
@@ -134,7 +135,7 @@ def test_models_list_shows_verified(home, capsys):
 
 def test_settings_precedence(tmp_path):
     config = tmp_path / "livefuse.toml"
-    config.write_text('detect-every = 7\nthreads = 3\nkeep_mouth = true\n')
+    config.write_text("detect-every = 7\nthreads = 3\nkeep_mouth = true\n")
     env = {"LIVEFUSE_THREADS": "2", "LIVEFUSE_OPACITY": "0.5"}
     settings = load_settings({"opacity": 0.8}, env=env, config=config)
     assert settings.analysis.detect_every == 7  # file

@@ -35,20 +35,31 @@ def clip(tmp_path_factory) -> Path:
 
 
 def command(home: Path, clip: Path, out: Path, *extra: str) -> list[str]:
-    return [LIVEFUSE, *extra, "run", "--source", str(home / "samples" / "biden.jpg"), "--input", str(clip),
-            "--output", str(out)]
+    return [
+        LIVEFUSE,
+        *extra,
+        "run",
+        "--source",
+        str(home / "samples" / "biden.jpg"),
+        "--input",
+        str(clip),
+        "--output",
+        str(out),
+    ]
 
 
 def test_quiet_by_default_and_info_with_v(livefuse_home, clip, tmp_path):
     env = {**os.environ, "LIVEFUSE_HOME": str(livefuse_home)}
     env.pop("LIVEFUSE_LOG_LEVEL", None)
-    quiet = subprocess.run(command(livefuse_home, clip, tmp_path / "a.mp4"), capture_output=True, text=True,
-                           env=env, timeout=300)
+    quiet = subprocess.run(
+        command(livefuse_home, clip, tmp_path / "a.mp4"), capture_output=True, text=True, env=env, timeout=300
+    )
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr == ""  # no log lines and, off a terminal, no progress line
     assert len(quiet.stdout.splitlines()) == 1 and "60 in / 60 out" in quiet.stdout
-    loud = subprocess.run(command(livefuse_home, clip, tmp_path / "b.mp4", "-v"), capture_output=True, text=True,
-                          env=env, timeout=300)
+    loud = subprocess.run(
+        command(livefuse_home, clip, tmp_path / "b.mp4", "-v"), capture_output=True, text=True, env=env, timeout=300
+    )
     assert loud.returncode == 0 and "INFO" in loud.stderr and "DEBUG" not in loud.stderr
 
 

@@ -18,8 +18,9 @@ from livefuse.container.checks import ContainerFacts, DirFacts, diagnose, dir_fa
 from livefuse.doctor import Facts, GpuFacts, render
 
 HOST_CPU = Facts(os="Linux-6.8.0-x86_64-with-glibc2.36", python="CPython 3.12.12", models=("centerface",))
-HOST_GPU = dataclasses.replace(HOST_CPU, driver="580.95.05", driver_cuda="13.0",
-                               gpus=(GpuFacts("NVIDIA L4", (8, 9), 23034),))
+HOST_GPU = dataclasses.replace(
+    HOST_CPU, driver="580.95.05", driver_cuda="13.0", gpus=(GpuFacts("NVIDIA L4", (8, 9), 23034),)
+)
 DATA = DirFacts("/data", exists=True, writable=True, owner_uid=10001)
 CPU_BOX = ContainerFacts(in_container=True, uid=10001, shm_bytes=2 << 30, home=DATA, workdir=DATA)
 CUDA13 = dataclasses.replace(CPU_BOX, image_cuda="13.0", nvidia_devices=("nvidia0", "nvidiactl"))

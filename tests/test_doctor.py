@@ -16,8 +16,9 @@ H100 = (GpuFacts("NVIDIA H100 80GB HBM3", (9, 0), 81559),)
 RTX3060 = (GpuFacts("NVIDIA GeForce RTX 3060", (8, 6), 12288),)
 CPU_RT = RuntimeFacts(ort_providers=("CPUExecutionProvider",))
 ORT_GPU_RT = RuntimeFacts(gpus=1, cc=(9, 0), ort_providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
-TRT_RT = dataclasses.replace(ORT_GPU_RT, tensorrt="10.3.0", cuda_python="12.6.0",
-                             engines=MappingProxyType({"inswapper_128": Path("e.engine")}))
+TRT_RT = dataclasses.replace(
+    ORT_GPU_RT, tensorrt="10.3.0", cuda_python="12.6.0", engines=MappingProxyType({"inswapper_128": Path("e.engine")})
+)
 
 
 def facts(**changes: object) -> Facts:
@@ -31,52 +32,112 @@ def mapping(**items: str) -> MappingProxyType[str, str]:
 
 #: Healthy H100 server: driver 550 (CUDA 12.4), TensorRT, an engine that fits.
 HEALTHY = facts(
-    driver="550.54.14", driver_cuda="12.4", gpus=H100, cudnn="nvidia-cudnn-cu12 9.1.0",
-    cuda_runtimes=mapping(cuda_python="12.4", torch="12.4"), packages=mapping(onnxruntime_gpu="1.18.0"),
-    runtime=TRT_RT, models=("inswapper_128",),
+    driver="550.54.14",
+    driver_cuda="12.4",
+    gpus=H100,
+    cudnn="nvidia-cudnn-cu12 9.1.0",
+    cuda_runtimes=mapping(cuda_python="12.4", torch="12.4"),
+    packages=mapping(onnxruntime_gpu="1.18.0"),
+    runtime=TRT_RT,
+    models=("inswapper_128",),
 )
 
 # (name, facts, expected (code, severity) pairs, words in the first problem's message or fix)
 TABLE = [
     ("cpu laptop", facts(), [("cpu-mode", "info")], "runs on the CPU"),
     ("healthy H100", HEALTHY, [], None),
-    ("driver from the CUDA 11 era, onnxruntime-gpu for CUDA 12",
-     facts(driver="470.182.03", driver_cuda="11.4", gpus=RTX3060, cudnn="libcudnn.so.9",
-           cuda_runtimes=mapping(onnxruntime_gpu="12.2"), packages=mapping(onnxruntime_gpu="1.18.0"),
-           runtime=ORT_GPU_RT),
-     [("driver-insufficient", "error")], "CUDA driver version is insufficient"),
-    ("driver 535 (CUDA 12.2), torch built for CUDA 12.4",
-     facts(driver="535.104.05", driver_cuda="12.2", gpus=H100, cuda_runtimes=mapping(torch="12.4")),
-     [("driver-old", "warning")], "550.54.14"),
-    ("windows driver below the CUDA 12 floor, version only",
-     facts(os="Windows-10-10.0.19045-SP0", driver="526.98", gpus=RTX3060, cuda_runtimes=mapping(torch="12.1")),
-     [("driver-insufficient", "error")], "531.14"),
-    ("onnxruntime and onnxruntime-gpu together",
-     facts(packages=mapping(onnxruntime="1.17.0", onnxruntime_gpu="1.17.0")),
-     [("ort-conflict", "error"), ("no-driver", "warning")], "pip uninstall -y onnxruntime onnxruntime-gpu"),
-    ("onnxruntime-gpu without cuDNN",
-     facts(driver="550.54.14", driver_cuda="12.4", gpus=H100, packages=mapping(onnxruntime_gpu="1.18.0"),
-           runtime=ORT_GPU_RT),
-     [("cudnn-missing", "error")], "nvidia-cudnn-cu12"),
+    (
+        "driver from the CUDA 11 era, onnxruntime-gpu for CUDA 12",
+        facts(
+            driver="470.182.03",
+            driver_cuda="11.4",
+            gpus=RTX3060,
+            cudnn="libcudnn.so.9",
+            cuda_runtimes=mapping(onnxruntime_gpu="12.2"),
+            packages=mapping(onnxruntime_gpu="1.18.0"),
+            runtime=ORT_GPU_RT,
+        ),
+        [("driver-insufficient", "error")],
+        "CUDA driver version is insufficient",
+    ),
+    (
+        "driver 535 (CUDA 12.2), torch built for CUDA 12.4",
+        facts(driver="535.104.05", driver_cuda="12.2", gpus=H100, cuda_runtimes=mapping(torch="12.4")),
+        [("driver-old", "warning")],
+        "550.54.14",
+    ),
+    (
+        "windows driver below the CUDA 12 floor, version only",
+        facts(os="Windows-10-10.0.19045-SP0", driver="526.98", gpus=RTX3060, cuda_runtimes=mapping(torch="12.1")),
+        [("driver-insufficient", "error")],
+        "531.14",
+    ),
+    (
+        "onnxruntime and onnxruntime-gpu together",
+        facts(packages=mapping(onnxruntime="1.17.0", onnxruntime_gpu="1.17.0")),
+        [("ort-conflict", "error"), ("no-driver", "warning")],
+        "pip uninstall -y onnxruntime onnxruntime-gpu",
+    ),
+    (
+        "onnxruntime-gpu without cuDNN",
+        facts(
+            driver="550.54.14",
+            driver_cuda="12.4",
+            gpus=H100,
+            packages=mapping(onnxruntime_gpu="1.18.0"),
+            runtime=ORT_GPU_RT,
+        ),
+        [("cudnn-missing", "error")],
+        "nvidia-cudnn-cu12",
+    ),
     ("WSL 2 without GPU passthrough", facts(wsl=True, wsl_gpu=False), [("wsl-no-gpu", "warning")], "wsl --update"),
-    ("WSL 2 with passthrough", facts(wsl=True, wsl_gpu=True, driver="552.22", driver_cuda="12.4", gpus=RTX3060),
-     [], None),
-    ("TensorRT wheel without its libraries",
-     facts(driver="550.54.14", driver_cuda="12.4", gpus=H100,
-           runtime=dataclasses.replace(CPU_RT, gpus=1, tensorrt_error="TensorRT is installed but does not load "
-                                       "(OSError: libnvinfer.so.10: cannot open shared object file)")),
-     [("tensorrt-libs", "error")], "libnvinfer"),
-    ("TensorRT without cuda-python",
-     dataclasses.replace(HEALTHY, runtime=dataclasses.replace(TRT_RT, cuda_python=None)),
-     [("no-cuda-python", "warning")], "pip install 'livefuse[cuda]'"),
-    ("GPU packages, no driver (container started without --gpus)",
-     facts(packages=mapping(onnxruntime_gpu="1.18.0"), cudnn="libcudnn.so.9"),
-     [("no-driver", "warning")], "--gpus all"),
-    ("engine built by another TensorRT",
-     dataclasses.replace(HEALTHY, runtime=dataclasses.replace(
-         TRT_RT, engines=MappingProxyType({}),
-         engine_problems=MappingProxyType({"inswapper_128": "other TensorRT: built with TensorRT 10.1.0"}))),
-     [("engine:inswapper_128", "warning")], "python scripts/build_engines.py --model inswapper_128"),
+    (
+        "WSL 2 with passthrough",
+        facts(wsl=True, wsl_gpu=True, driver="552.22", driver_cuda="12.4", gpus=RTX3060),
+        [],
+        None,
+    ),
+    (
+        "TensorRT wheel without its libraries",
+        facts(
+            driver="550.54.14",
+            driver_cuda="12.4",
+            gpus=H100,
+            runtime=dataclasses.replace(
+                CPU_RT,
+                gpus=1,
+                tensorrt_error="TensorRT is installed but does not load "
+                "(OSError: libnvinfer.so.10: cannot open shared object file)",
+            ),
+        ),
+        [("tensorrt-libs", "error")],
+        "libnvinfer",
+    ),
+    (
+        "TensorRT without cuda-python",
+        dataclasses.replace(HEALTHY, runtime=dataclasses.replace(TRT_RT, cuda_python=None)),
+        [("no-cuda-python", "warning")],
+        "pip install 'livefuse[cuda]'",
+    ),
+    (
+        "GPU packages, no driver (container started without --gpus)",
+        facts(packages=mapping(onnxruntime_gpu="1.18.0"), cudnn="libcudnn.so.9"),
+        [("no-driver", "warning")],
+        "--gpus all",
+    ),
+    (
+        "engine built by another TensorRT",
+        dataclasses.replace(
+            HEALTHY,
+            runtime=dataclasses.replace(
+                TRT_RT,
+                engines=MappingProxyType({}),
+                engine_problems=MappingProxyType({"inswapper_128": "other TensorRT: built with TensorRT 10.1.0"}),
+            ),
+        ),
+        [("engine:inswapper_128", "warning")],
+        "python scripts/build_engines.py --model inswapper_128",
+    ),
 ]
 
 
@@ -124,13 +185,16 @@ def test_doctor_command_prints_the_report(tmp_path: Path, capsys: pytest.Capture
 
 def test_report_says_why_each_model_runs_where_it_does() -> None:
     """Per model: the backend auto picks, its reason, and why each better one was passed over."""
-    runtime = dataclasses.replace(TRT_RT, engine_problems=MappingProxyType(
-        {"w600k_r50": "other TensorRT: built with TensorRT 10.1.0"}))
+    runtime = dataclasses.replace(
+        TRT_RT, engine_problems=MappingProxyType({"w600k_r50": "other TensorRT: built with TensorRT 10.1.0"})
+    )
     known = dataclasses.replace(HEALTHY, runtime=runtime, models=("inswapper_128", "w600k_r50"))
     lines = render(known, diagnose(known)).splitlines()
-    at = lines.index("  models         inswapper_128: runs on tensorrt (prebuilt engine fits TensorRT 10.3.0 and "
-                     "compute capability 9.0)")
-    assert lines[at + 1:at + 3] == [
+    at = lines.index(
+        "  models         inswapper_128: runs on tensorrt (prebuilt engine fits TensorRT 10.3.0 and "
+        "compute capability 9.0)"
+    )
+    assert lines[at + 1 : at + 3] == [
         "                 w600k_r50: runs on onnxruntime-cuda (CUDA provider)",
         "                   not tensorrt: other TensorRT: built with TensorRT 10.1.0",
     ]

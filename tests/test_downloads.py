@@ -138,9 +138,7 @@ def _installed(store: ModelStore) -> list[str]:
 # --------------------------------------------------------------------------- good downloads
 
 
-def test_download_installs_the_verified_file(
-    tmp_path: Path, site: Site, payloads: dict[str, bytes]
-) -> None:
+def test_download_installs_the_verified_file(tmp_path: Path, site: Site, payloads: dict[str, bytes]) -> None:
     spec = _served(MANIFEST["inswapper_128"], site, payloads["inswapper_128"])
     store = _store(tmp_path, spec)
     messages: list[str] = []
@@ -156,9 +154,7 @@ def test_download_installs_the_verified_file(
     assert _installer(store).pull(["inswapper_128"]) == paths and len(site.requests) == 1  # nothing to do
 
 
-def test_a_cut_transfer_resumes_with_a_range_request(
-    tmp_path: Path, site: Site, payloads: dict[str, bytes]
-) -> None:
+def test_a_cut_transfer_resumes_with_a_range_request(tmp_path: Path, site: Site, payloads: dict[str, bytes]) -> None:
     spec = _served(MANIFEST["inswapper_128"], site, payloads["inswapper_128"])
     site.behaviour["/models/inswapper_128.onnx"] = "cut-once"
     store = _store(tmp_path, spec)
@@ -171,9 +167,7 @@ def test_a_cut_transfer_resumes_with_a_range_request(
     assert _partial(store) == []
 
 
-def test_a_part_left_by_an_interrupted_run_is_continued(
-    tmp_path: Path, site: Site, payloads: dict[str, bytes]
-) -> None:
+def test_a_part_left_by_an_interrupted_run_is_continued(tmp_path: Path, site: Site, payloads: dict[str, bytes]) -> None:
     data = payloads["w600k_r50"]
     spec = _served(MANIFEST["w600k_r50"], site, data)
     store = _store(tmp_path, spec)
@@ -186,9 +180,7 @@ def test_a_part_left_by_an_interrupted_run_is_continued(
     assert not part.exists()
 
 
-def test_a_server_that_ignores_range_restarts_cleanly(
-    tmp_path: Path, site: Site, payloads: dict[str, bytes]
-) -> None:
+def test_a_server_that_ignores_range_restarts_cleanly(tmp_path: Path, site: Site, payloads: dict[str, bytes]) -> None:
     data = payloads["w600k_r50"]
     spec = _served(MANIFEST["w600k_r50"], site, data)
     site.behaviour["/models/w600k_r50.onnx"] = "ignore-range"
@@ -202,9 +194,7 @@ def test_a_server_that_ignores_range_restarts_cleanly(
     assert any("does not resume" in m for m in messages)
 
 
-def test_pull_from_dir_takes_a_url_model_from_files(
-    tmp_path: Path, site: Site, payloads: dict[str, bytes]
-) -> None:
+def test_pull_from_dir_takes_a_url_model_from_files(tmp_path: Path, site: Site, payloads: dict[str, bytes]) -> None:
     spec = _served(MANIFEST["w600k_r50"], site, payloads["w600k_r50"])
     offline = tmp_path / "offline"
     offline.mkdir()
@@ -237,9 +227,7 @@ def test_a_download_that_keeps_stopping_short_is_reported_and_kept(
     assert len(site.requests) == 2  # the retry made no progress, so it stopped
 
 
-def test_a_wrong_hash_deletes_the_download(
-    tmp_path: Path, site: Site, payloads: dict[str, bytes]
-) -> None:
+def test_a_wrong_hash_deletes_the_download(tmp_path: Path, site: Site, payloads: dict[str, bytes]) -> None:
     pinned = sha256_bytes(b"the published file")
     spec = _served(MANIFEST["w600k_r50"], site, payloads["w600k_r50"], sha256=pinned)
     store = _store(tmp_path, spec)

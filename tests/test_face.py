@@ -102,8 +102,12 @@ def test_source_without_face_is_a_clear_error(engine, tmp_path):
 
 @pytest.mark.parametrize(
     "content, message",
-    [(None, "does not exist"), (b"", "empty file"), (b"\xff\xd8\xff\xe0garbage", "not a readable image"),
-     (b"hello, I am text", "not a readable image")],
+    [
+        (None, "does not exist"),
+        (b"", "empty file"),
+        (b"\xff\xd8\xff\xe0garbage", "not a readable image"),
+        (b"hello, I am text", "not a readable image"),
+    ],
 )
 def test_bad_source_photo_is_a_clear_error(tmp_path, content, message):
     path = tmp_path / "face.jpg"

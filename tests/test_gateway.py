@@ -37,11 +37,26 @@ def cluster(livefuse_home: Path, tmp_path: Path) -> Iterator[tuple[str, list[Pro
         procs: list[Proc] = []
         try:
             for i in range(2):
-                procs.append(Proc(
-                    ["serve", "--port", "0", "--max-sessions", "1", "--queue", url, "--storage", str(tmp_path),
-                     "--job-db", str(tmp_path / f"w{i}.sqlite3")],
-                    livefuse_home, tmp_path / f"worker{i}.log", loopback_ice=True,
-                ))
+                procs.append(
+                    Proc(
+                        [
+                            "serve",
+                            "--port",
+                            "0",
+                            "--max-sessions",
+                            "1",
+                            "--queue",
+                            url,
+                            "--storage",
+                            str(tmp_path),
+                            "--job-db",
+                            str(tmp_path / f"w{i}.sqlite3"),
+                        ],
+                        livefuse_home,
+                        tmp_path / f"worker{i}.log",
+                        loopback_ice=True,
+                    )
+                )
             gateway = Proc(["gateway", "--queue", url, "--port", "0"], livefuse_home, tmp_path / "gateway.log")
             procs.append(gateway)
             address = gateway.wait_for(r"open (http://127\.0\.0\.1:\d+)/").group(1)
@@ -100,8 +115,9 @@ def test_sessions_split_route_to_their_owner_and_a_killed_workers_sessions_end(
             viewer = new_pc()
             viewer.addTransceiver("video", direction="recvonly")
             await viewer.setLocalDescription(await viewer.createOffer())
-            async with http.post(f"/whep/{a['session']}", data=viewer.localDescription.sdp,
-                                 headers={"Content-Type": "application/sdp"}) as r:
+            async with http.post(
+                f"/whep/{a['session']}", data=viewer.localDescription.sdp, headers={"Content-Type": "application/sdp"}
+            ) as r:
                 assert r.status == 201 and r.headers["X-Livefuse-Node"] == a["node"], await r.text()
             await viewer.close()
 

@@ -73,8 +73,16 @@ def test_crop_kernel_on_the_gpu_equals_its_emulation(gpu: Any, tmp_path: Path) -
         else:
             pointers = (frame.ctypes.data, to_frame.ctypes.data, out.ctypes.data)
             stream = None
-        pack.set(pointers[0], frame.strides[0], frame.shape[1], frame.shape[0], pointers[1], S,
-                 input_format(spec, False), pointers[2])
+        pack.set(
+            pointers[0],
+            frame.strides[0],
+            frame.shape[1],
+            frame.shape[0],
+            pointers[1],
+            S,
+            input_format(spec, False),
+            pointers[2],
+        )
         engine = kernels if run == "gpu" else emulate.EmulatedKernels(emulate.build(tmp_path))
         engine.launch(pack, grid_for(S, S, len(MATRICES)), BLOCK, stream)
         results.append(download(o, out) if run == "gpu" else out.copy())

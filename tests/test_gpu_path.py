@@ -140,9 +140,10 @@ def test_frames_in_flight_keep_their_own_faces(runner: OrtRunner, library: Path)
 
 def test_nv12_output_is_the_swapped_frame_converted(runner: OrtRunner, library: Path) -> None:
     image, faces = scene(H, W, seed=6), faces_at(PLACES[:2])
-    with make_path(runner, library, emulate.HostDevice()) as bgr_path, make_path(
-        runner, library, emulate.HostDevice(), output="nv12"
-    ) as nv12_path:
+    with (
+        make_path(runner, library, emulate.HostDevice()) as bgr_path,
+        make_path(runner, library, emulate.HostDevice(), output="nv12") as nv12_path,
+    ):
         slot = bgr_path.submit(image, faces, PAIRS[:2])
         bgr = bgr_path.result(slot).copy()  # type: ignore[union-attr]
         bgr_path.release(slot)
@@ -220,8 +221,17 @@ def test_the_pair_swapper_writes_only_on_commit_and_follows_a_size_change(runner
         made.append((width, height))
         model = emulate.HostModel(runner, {"target": (3, S, S), "source": (512,), "output": (3, S, S)})
         io = ModelIO("target", "source", "output", 512)
-        return GpuSwapPath(emulate.HostDevice(), emulate.EmulatedKernels(library), model, io, SPEC, LATENTS,
-                           width, height, config=CONFIG)
+        return GpuSwapPath(
+            emulate.HostDevice(),
+            emulate.EmulatedKernels(library),
+            model,
+            io,
+            SPEC,
+            LATENTS,
+            width,
+            height,
+            config=CONFIG,
+        )
 
     swapper = GpuPairSwapper(make)
     image, faces = scene(H, W, seed=11), faces_at(PLACES[:2])
@@ -247,9 +257,12 @@ def test_the_torch_backend_runs_on_the_paths_own_buffers(runner: OrtRunner, libr
 
     image, faces = scene(H, W, seed=13), faces_at(PLACES)
     io = ModelIO("target", "source", "output", 512)
-    with TorchRunner(runner.path, device="cpu") as torch_runner, GpuSwapPath(
-        emulate.HostDevice(), emulate.EmulatedKernels(library), torch_runner, io, SPEC, LATENTS, W, H, config=CONFIG
-    ) as path:
+    with (
+        TorchRunner(runner.path, device="cpu") as torch_runner,
+        GpuSwapPath(
+            emulate.HostDevice(), emulate.EmulatedKernels(library), torch_runner, io, SPEC, LATENTS, W, H, config=CONFIG
+        ) as path,
+    ):
         for _ in range(2):  # the second frame reuses the wrapped buffers
             slot = path.submit(image, faces, PAIRS)
             out = path.result(slot).copy()  # type: ignore[union-attr]
@@ -267,8 +280,9 @@ def test_a_fixed_batch_model_gets_one_call_per_face(runner: OrtRunner, library: 
         io = model_io(single, "target", "source")
         assert io.max_batch == 1
         model = emulate.HostModel(single, {"target": (3, S, S), "source": (512,), "output": (3, S, S)})
-        with GpuSwapPath(emulate.HostDevice(), emulate.EmulatedKernels(library), model, io, SPEC, LATENTS, W, H,
-                         config=CONFIG) as path:
+        with GpuSwapPath(
+            emulate.HostDevice(), emulate.EmulatedKernels(library), model, io, SPEC, LATENTS, W, H, config=CONFIG
+        ) as path:
             slot = path.submit(image, faces, PAIRS)
             out = path.result(slot).copy()  # type: ignore[union-attr]
             path.release(slot)

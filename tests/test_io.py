@@ -78,9 +78,7 @@ def write_video(
 
 def _write_sine(out: av.container.OutputContainer, audio: Any, seconds: float) -> None:
     rate = 48000
-    samples = (np.sin(2 * np.pi * 440 * np.arange(int(seconds * rate)) / rate) * 0.3).astype(
-        np.float32
-    )
+    samples = (np.sin(2 * np.pi * 440 * np.arange(int(seconds * rate)) / rate) * 0.3).astype(np.float32)
     fmt = audio.codec_context.format.name
     for start in range(0, len(samples), 1024):
         chunk = samples[start : start + 1024][None, :]
@@ -99,10 +97,6 @@ def decode_video(path: Path) -> tuple[list[np.ndarray], av.VideoStream, Fraction
         stream = container.streams.video[0]
         images = [f.to_ndarray(format="bgr24") for f in container.decode(stream)]
         return images, stream, Fraction(stream.average_rate or 0)
-
-
-
-
 
 
 def run_to(source: object, *sinks: object) -> None:
@@ -247,9 +241,7 @@ def test_camera_that_cannot_be_opened_fails_fast(device: int | str) -> None:
 class FakeCapture:
     """A cv2.VideoCapture stand-in: ``frames`` frames, then it stalls (blocks) or fails."""
 
-    def __init__(
-        self, frames: int = 1000, then: str = "block", size: tuple[int, int] = (W, H)
-    ) -> None:
+    def __init__(self, frames: int = 1000, then: str = "block", size: tuple[int, int] = (W, H)) -> None:
         self.frames, self.then = frames, then
         self.props: dict[int, float] = {
             cv2.CAP_PROP_FRAME_WIDTH: size[0],
@@ -289,9 +281,7 @@ class FakeCapture:
         return True, frame
 
     def read(self, image: np.ndarray | None = None) -> tuple[bool, np.ndarray]:
-        return (self.grab() and self.retrieve(image)[0]), image if image is not None else np.empty(
-            0
-        )
+        return (self.grab() and self.retrieve(image)[0]), image if image is not None else np.empty(0)
 
     def release(self) -> None:
         self.released.set()
@@ -325,9 +315,7 @@ def test_camera_that_hangs_mid_stream_raises_source_stalled(fake_capture: FakeCa
         run_to(source, sink)
     assert time.monotonic() - start < 3.0  # no hang
     assert sink.received <= 5
-    assert not [
-        t for t in threading.enumerate() if t.name in {"livefuse-capture", "livefuse-output"}
-    ]
+    assert not [t for t in threading.enumerate() if t.name in {"livefuse-capture", "livefuse-output"}]
 
 
 def test_camera_whose_grab_keeps_failing_raises_source_stalled() -> None:
@@ -349,9 +337,7 @@ def test_stream_source_hides_credentials() -> None:
         def isOpened(self) -> bool:  # noqa: N802
             return False
 
-    source = StreamSource(
-        "rtsp://admin:hunter2@10.0.0.5:554/live", capture_factory=lambda _: Closed()
-    )
+    source = StreamSource("rtsp://admin:hunter2@10.0.0.5:554/live", capture_factory=lambda _: Closed())
     with pytest.raises(SourceError) as err:
         source.open()
     assert "hunter2" not in str(err.value) and "10.0.0.5:554/live" in str(err.value)
@@ -419,9 +405,7 @@ class SlowFaces(NoFaces):
         return Faces.empty()
 
 
-def test_paced_file_in_live_mode_drops_but_keeps_timing(
-    video_with_audio: Path, tmp_path: Path
-) -> None:
+def test_paced_file_in_live_mode_drops_but_keeps_timing(video_with_audio: Path, tmp_path: Path) -> None:
     out = tmp_path / "live.mp4"
     source = PacedSource(VideoFileSource(video_with_audio))  # 25 fps, like a camera
     stats = Pipeline(source, SlowFaces(), Untouched(), [VideoFileSink(out)]).run()

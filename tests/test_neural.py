@@ -32,8 +32,14 @@ from tests.helpers import frame_of, hull_mask, small_swap_model
 from tests.insightface_ref import ArcFaceRef, INSwapperRef, blob, estimate_norm
 
 NEURAL = (
-    "w600k_r50", "inswapper_128", "inswapper_128_fp16", "hyperswap_1a_256", "gfpgan_1.4", "xseg_1",
-    "scrfd_det_10g", "yunet_2023mar",
+    "w600k_r50",
+    "inswapper_128",
+    "inswapper_128_fp16",
+    "hyperswap_1a_256",
+    "gfpgan_1.4",
+    "xseg_1",
+    "scrfd_det_10g",
+    "yunet_2023mar",
 )
 
 
@@ -305,10 +311,25 @@ def test_cli_runs_neural_options_end_to_end(home, tmp_path, monkeypatch, capsys)
     writer.release()
     cap.release()
     out = tmp_path / "out.mp4"
-    code = main([
-        "run", "--source", str(home / "samples" / "biden.jpg"), "--input", str(clip), "--output", str(out),
-        "--swapper", "inswapper_128", "--enhancer", "gfpgan_1.4", "--mask", "occlusion,mouth", "--faces", "one",
-    ])
+    code = main(
+        [
+            "run",
+            "--source",
+            str(home / "samples" / "biden.jpg"),
+            "--input",
+            str(clip),
+            "--output",
+            str(out),
+            "--swapper",
+            "inswapper_128",
+            "--enhancer",
+            "gfpgan_1.4",
+            "--mask",
+            "occlusion,mouth",
+            "--faces",
+            "one",
+        ]
+    )
     assert code == 0
     assert "10 in / 10 out" in capsys.readouterr().out
 

@@ -99,14 +99,19 @@ def test_bound_run_on_device_memory_matches_the_cpu(onnx: Path) -> None:
     got = np.empty((1, 512), np.float32)
     gpu = cuda.CudaDevice(0)
     options = [cuda_provider_options(0, 1 << 30), {}]
-    with cuda.Stream() as stream, cuda.DeviceBuffer(x.nbytes) as dev_in, cuda.DeviceBuffer(got.nbytes) as dev_out, \
-            OrtRunner(onnx, providers=[CUDA, CPU], provider_options=options) as runner, \
-            OrtRunner(onnx, providers=[CPU]) as reference:
+    with (
+        cuda.Stream() as stream,
+        cuda.DeviceBuffer(x.nbytes) as dev_in,
+        cuda.DeviceBuffer(got.nbytes) as dev_out,
+        OrtRunner(onnx, providers=[CUDA, CPU], provider_options=options) as runner,
+        OrtRunner(onnx, providers=[CPU]) as reference,
+    ):
         assert runner.provider == CUDA
         gpu.copy_h2d(dev_in, x, x.nbytes, stream)
         stream.synchronize()  # ORT reads the input on its own stream
-        runner.infer_bound({INPUT: BoundTensor(dev_in.ptr, x.shape, x.dtype)},
-                           {OUTPUT: BoundTensor(dev_out.ptr, got.shape, got.dtype)})
+        runner.infer_bound(
+            {INPUT: BoundTensor(dev_in.ptr, x.shape, x.dtype)}, {OUTPUT: BoundTensor(dev_out.ptr, got.shape, got.dtype)}
+        )
         gpu.copy_d2h(got, dev_out, got.nbytes, stream)
         stream.synchronize()
         want = reference.infer({INPUT: x})[0]

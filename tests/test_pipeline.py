@@ -55,9 +55,7 @@ class CounterSource:
 
     def open(self) -> SourceInfo:
         self.opened, self._next = True, time.monotonic()
-        return SourceInfo(
-            W, H, self.fps, self.live, Fraction(1, int(self.fps)), self.n, name="counter"
-        )
+        return SourceInfo(W, H, self.fps, self.live, Fraction(1, int(self.fps)), self.n, name="counter")
 
     def read(self, image: np.ndarray) -> int:
         if self.paced:
@@ -236,11 +234,7 @@ def test_failing_frames_pass_through_unswapped(caplog: pytest.LogCaptureFixture)
         assert not is_marked(by_index[i].image) and read_counter(by_index[i].image) == i
     assert by_index[2].error == "analyze:RuntimeError"
     assert by_index[5].error == "swap:ValueError"
-    assert all(
-        is_marked(f.image) and f.error is None
-        for f in sink.frames
-        if f.index not in {2, 4, 5, 7, 9}
-    )
+    assert all(is_marked(f.image) and f.error is None for f in sink.frames if f.index not in {2, 4, 5, 7, 9})
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2  # once per kind, not once per frame
     assert "swap:ValueError" in " ".join(r.getMessage() for r in warnings)
@@ -317,18 +311,14 @@ def test_stop_from_a_sink_callback_does_not_deadlock() -> None:
         if frame.index == 5:
             holder[0].stop()  # as PreviewSink's 'q' key does, from the output thread
 
-    pipeline = Pipeline(
-        CounterSource(n=None), FakeAnalyzer(), MarkingSwapper(), [], on_frame=quit_at_5
-    )
+    pipeline = Pipeline(CounterSource(n=None), FakeAnalyzer(), MarkingSwapper(), [], on_frame=quit_at_5)
     holder.append(pipeline)
     stats = pipeline.run()
     assert stats.frames_out >= 6 and livefuse_threads() == []
 
 
 def test_keyboard_interrupt_shuts_down_cleanly() -> None:
-    pipeline = Pipeline(
-        CounterSource(n=None, live=True, paced=True), FakeAnalyzer(), MarkingSwapper(), []
-    )
+    pipeline = Pipeline(CounterSource(n=None, live=True, paced=True), FakeAnalyzer(), MarkingSwapper(), [])
     threading.Timer(0.2, _thread.interrupt_main).start()
     with pytest.raises(KeyboardInterrupt):
         pipeline.run()
@@ -337,18 +327,14 @@ def test_keyboard_interrupt_shuts_down_cleanly() -> None:
 
 
 def test_context_manager_stops_on_exit() -> None:
-    with Pipeline(
-        CounterSource(n=None, live=True, paced=True), FakeAnalyzer(), MarkingSwapper(), []
-    ) as p:
+    with Pipeline(CounterSource(n=None, live=True, paced=True), FakeAnalyzer(), MarkingSwapper(), []) as p:
         time.sleep(0.1)
         assert p.running
     assert livefuse_threads() == []
 
 
 def test_join_timeout_and_single_use() -> None:
-    pipeline = Pipeline(
-        CounterSource(n=None, live=True, paced=True), FakeAnalyzer(), MarkingSwapper(), []
-    )
+    pipeline = Pipeline(CounterSource(n=None, live=True, paced=True), FakeAnalyzer(), MarkingSwapper(), [])
     pipeline.start()
     with pytest.raises(TimeoutError):
         pipeline.join(timeout=0.05)
@@ -364,9 +350,7 @@ def test_metrics_memory_is_bounded() -> None:
     metrics = Metrics(window=8)
     metrics.start()
     for i in range(100):
-        frame = Frame(
-            i, i, Fraction(1, 30), capture_ns=1_000_000 * i, image=np.zeros((1, 1, 3), np.uint8)
-        )
+        frame = Frame(i, i, Fraction(1, 30), capture_ns=1_000_000 * i, image=np.zeros((1, 1, 3), np.uint8))
         frame.stamps.update(
             capture=frame.capture_ns,
             analyze=frame.capture_ns + 1_000_000,

@@ -31,8 +31,11 @@ def display(tmp_path, monkeypatch):
             pytest.fail("Xvfb is missing: .ci/run installs it (Debian package xvfb)")
         pytest.skip("Xvfb is not installed (Debian package xvfb)")
     number = 90 + os.getpid() % 500
-    proc = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "800x600x24", "-fbdir", str(tmp_path), "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["Xvfb", f":{number}", "-screen", "0", "800x600x24", "-fbdir", str(tmp_path), "-nolisten", "tcp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 20
     while not Path(f"/tmp/.X11-unix/X{number}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -72,9 +75,21 @@ def test_window_shows_the_frames(display):
 def test_cam_preview_runs_on_a_display(display, livefuse_home, tmp_path):
     clip = livefuse_home / "samples" / "demo.mp4"
     result = subprocess.run(
-        [LIVEFUSE, "cam", "--source", str(livefuse_home / "samples" / "biden.jpg"), "--camera", str(clip),
-         "--preview", "--seconds", "3"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "LIVEFUSE_HOME": str(livefuse_home)},
+        [
+            LIVEFUSE,
+            "cam",
+            "--source",
+            str(livefuse_home / "samples" / "biden.jpg"),
+            "--camera",
+            str(clip),
+            "--preview",
+            "--seconds",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "LIVEFUSE_HOME": str(livefuse_home)},
     )
     assert result.returncode == 0, result.stderr
     assert "frames" in result.stdout

@@ -32,23 +32,41 @@ FACTS = OutputFacts("inswapper_128", options={"faces": "many"})
 
 
 def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Test Studio")])
+    return x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, common), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Test Studio")]
+    )
 
 
 def _usage(sign: bool, ca: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(digital_signature=sign, content_commitment=False, key_encipherment=False,
-                         data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
-                         encipher_only=False, decipher_only=False)
+    return x509.KeyUsage(
+        digital_signature=sign,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
-def _certificate(subject: x509.Name, key: ec.EllipticCurvePrivateKey, issuer: x509.Name,
-                 issuer_key: ec.EllipticCurvePrivateKey, ca: bool) -> x509.Certificate:
+def _certificate(
+    subject: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    ca: bool,
+) -> x509.Certificate:
     now = dt.datetime.now(dt.timezone.utc)
     builder = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=30))
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(_usage(sign=not ca, ca=ca), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -68,8 +86,11 @@ def operator(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     directory = tmp_path_factory.mktemp("operator")
     cert, key = directory / "chain.pem", directory / "key.pem"
     cert.write_bytes(leaf.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(serialization.Encoding.PEM))
-    key.write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key.write_bytes(
+        leaf_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return cert, key
 
 
@@ -180,8 +201,9 @@ def test_sink_signs_before_the_file_appears(tmp_path, operator):
 
 def _run(home: Path, out: Path, *extra: str) -> int:
     photo = str(home / "samples" / "biden.jpg")
-    return main(["run", "--source", photo, "--input", str(home / "samples" / "obama.jpg"), "--output", str(out),
-                 *extra])
+    return main(
+        ["run", "--source", photo, "--input", str(home / "samples" / "obama.jpg"), "--output", str(out), *extra]
+    )
 
 
 def test_run_signs_its_output_with_the_operators_certificate(cli_home, tmp_path, operator, capsys):
@@ -236,14 +258,26 @@ def test_cam_records_the_label_on_its_output(cli_home, tmp_path):
     clip = tmp_path / "camera.mp4"
     _write_mp4(clip, frames=15)
     out = tmp_path / "recorded.mp4"
-    code = main(["cam", "--source", str(cli_home / "samples" / "biden.jpg"), "--camera", str(clip),
-                 "--record", str(out), "--label", "--seconds", "20"])
+    code = main(
+        [
+            "cam",
+            "--source",
+            str(cli_home / "samples" / "biden.jpg"),
+            "--camera",
+            str(clip),
+            "--record",
+            str(out),
+            "--label",
+            "--seconds",
+            "20",
+        ]
+    )
     assert code == 0
     with av.open(str(out)) as container:
         frame = next(container.decode(video=0)).to_ndarray(format="bgr24")
     patch = render_label(DEFAULT_LABEL, 240)
     margin = 4  # the label sits 4 px from the left and bottom edges of a 240-line frame
-    corner = frame[240 - margin - patch.shape[0]: 240 - margin, margin: margin + patch.shape[1]].astype(int)
+    corner = frame[240 - margin - patch.shape[0] : 240 - margin, margin : margin + patch.shape[1]].astype(int)
     assert np.abs(corner - patch).mean() < 12  # the label, through H.264
     above = frame[: 240 - margin - patch.shape[0] - 8].astype(int)  # the rest: the camera's picture
     assert np.abs(above - _picture()[: above.shape[0]]).mean() < 12

@@ -50,8 +50,12 @@ TABLE = [
     (FULL, "gfpgan_1.4", Backend.ORT_CUDA, "the ONNX file changed"),
     (FULL, "w600k_r50", Backend.ORT_CUDA, "no engine was checked"),
     (facts(tensorrt=None), "inswapper_128", Backend.ORT_CUDA, "TensorRT is not installed"),
-    (facts(tensorrt=None, tensorrt_error="TensorRT is installed but does not load (libnvinfer.so.10)"),
-     "inswapper_128", Backend.ORT_CUDA, "libnvinfer"),
+    (
+        facts(tensorrt=None, tensorrt_error="TensorRT is installed but does not load (libnvinfer.so.10)"),
+        "inswapper_128",
+        Backend.ORT_CUDA,
+        "libnvinfer",
+    ),
     (facts(cuda_python=None), "inswapper_128", Backend.ORT_CUDA, "cuda-python is not installed"),
     (facts(ort_providers=("CPUExecutionProvider",)), "gfpgan_1.4", Backend.TORCH_CUDA, "the ONNX file changed"),
     (facts(ort_providers=("CPUExecutionProvider",), torch_cuda=False), "gfpgan_1.4", Backend.CPU, None),
@@ -106,8 +110,11 @@ def test_every_decision_is_logged_with_its_reasons(caplog: pytest.LogCaptureFixt
     with caplog.at_level(logging.INFO, logger="livefuse.runtime.providers"):
         choices = choose_all(["inswapper_128", "gfpgan_1.4"], FULL)
     assert [r.getMessage() for r in caplog.records] == [c.summary() for c in choices.values()]
-    assert caplog.records[1].getMessage().startswith("model gfpgan_1.4 runs on onnxruntime-cuda (CUDA provider); "
-                                                     "not tensorrt: the ONNX file changed")
+    assert (
+        caplog.records[1]
+        .getMessage()
+        .startswith("model gfpgan_1.4 runs on onnxruntime-cuda (CUDA provider); not tensorrt: the ONNX file changed")
+    )
 
 
 def test_gathered_facts_on_this_machine_choose_a_backend_that_works_here(tmp_path: Path) -> None:
@@ -135,9 +142,17 @@ def test_gather_matches_engines_against_the_installed_files_hash(
 
     engines = tmp_path / "engines"
     base = EngineRecord(
-        model="inswapper_128", onnx_sha256=sha256_file(onnx_swap), trt_version="10.3.0", cc=(9, 0),
-        precision="fp16", profiles=batch_profiles([("target", (1, 3, 128, 128))], 8), tensors=(),
-        layer_precisions=(), optimization_level=3, workspace_bytes=1 << 30, build_seconds=1.0,
+        model="inswapper_128",
+        onnx_sha256=sha256_file(onnx_swap),
+        trt_version="10.3.0",
+        cc=(9, 0),
+        precision="fp16",
+        profiles=batch_profiles([("target", (1, 3, 128, 128))], 8),
+        tensors=(),
+        layer_precisions=(),
+        optimization_level=3,
+        workspace_bytes=1 << 30,
+        build_seconds=1.0,
         built_at="2026-11-20T00:00:00+00:00",
     )
     saved = save_engine(engines, b"swap", base)

@@ -40,6 +40,6 @@ def test_swapping_a_numpy_frame_in_a_few_lines(livefuse_home: Path) -> None:
     changed = np.any(image != before, axis=2)
     x0, y0, x1, y1 = faces.boxes[0]
     w, h = x1 - x0, y1 - y0
-    inside = changed[max(0, int(y0 - h / 2)): int(y1 + h / 2), max(0, int(x0 - w / 2)): int(x1 + w / 2)]
+    inside = changed[max(0, int(y0 - h / 2)) : int(y1 + h / 2), max(0, int(x0 - w / 2)) : int(x1 + w / 2)]
     assert changed.sum() > 0.25 * w * h  # the face was swapped
     assert inside.sum() == changed.sum()  # and nothing outside the face's region was touched

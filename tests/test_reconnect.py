@@ -39,9 +39,23 @@ def is_marked(image: np.ndarray) -> bool:
 
 def start_cam(home: Path, url: str, out: Path, seconds: float, reconnect_for: float) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [LIVEFUSE, "cam", "--source", str(home / "samples" / "biden.jpg"), "--camera", url,
-         "--record", str(out), "--seconds", str(seconds), "--reconnect-for", str(reconnect_for)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            LIVEFUSE,
+            "cam",
+            "--source",
+            str(home / "samples" / "biden.jpg"),
+            "--camera",
+            url,
+            "--record",
+            str(out),
+            "--seconds",
+            str(seconds),
+            "--reconnect-for",
+            str(reconnect_for),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "LIVEFUSE_HOME": str(home)},
     )
 

@@ -31,8 +31,12 @@ from tests.test_web import (  # noqa: E402, F401 - fixtures are found by name
 )
 
 
-def test_forced_label_reaches_the_page_and_the_session_is_audited(  # noqa: F811 - test_web's fixtures
-    loopback_ice: None, engine: Engine, settings: Settings, clip: list[Image], tmp_path: Path  # noqa: F811
+def test_forced_label_reaches_the_page_and_the_session_is_audited(  # test_web's fixtures, by name
+    loopback_ice: None,  # noqa: F811
+    engine: Engine,  # noqa: F811
+    settings: Settings,  # noqa: F811
+    clip: list[Image],  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     labelled = with_options(settings, {"label": DEFAULT_LABEL, "state_dir": str(tmp_path)})  # as --force-label
     token = "t0ken-for-the-test"
@@ -52,7 +56,7 @@ def test_forced_label_reaches_the_page_and_the_session_is_audited(  # noqa: F811
     image = run(scenario())
     patch = render_label(DEFAULT_LABEL, 480)
     margin = 480 // 60
-    corner = image[480 - margin - patch.shape[0]: 480 - margin, margin: margin + patch.shape[1]].astype(int)
+    corner = image[480 - margin - patch.shape[0] : 480 - margin, margin : margin + patch.shape[1]].astype(int)
     assert np.abs(corner - patch).mean() < 20, "the returned stream carries the label (through VP8)"
 
     (row,) = audit_log(labelled).rows()

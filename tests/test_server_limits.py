@@ -41,8 +41,9 @@ def server(engine: Engine, livefuse_home: Path) -> Iterator[Running]:
         yield running
 
 
-def request(port: int, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"",
-            timeout: float = 20) -> tuple[int, bytes]:
+def request(
+    port: int, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"", timeout: float = 20
+) -> tuple[int, bytes]:
     """One raw HTTP/1.1 request; (status, body). Nothing is escaped or checked on the way out."""
     head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
     head += [f"{k}: {v}" for k, v in (headers or {}).items()]
@@ -116,8 +117,10 @@ def test_half_sent_bodies_are_closed_and_fds_stay_bounded(server):
     try:
         for _ in range(200):
             sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-            sock.sendall(b"POST /api/offer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 100000\r\n\r\n{\"sdp\": ")
+            sock.sendall(
+                b"POST /api/offer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100000\r\n\r\n{"sdp": '
+            )
             socks.append(sock)
         time.sleep(1)
         # The server answers others meanwhile, and holds at most max_body_readers of these open.
@@ -146,7 +149,10 @@ def test_sigterm_at_any_moment_exits_cleanly_and_removes_uploads(livefuse_home, 
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "livefuse", "serve", "--home", str(livefuse_home), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         if delay == "banner":
@@ -170,9 +176,20 @@ def test_sigterm_at_any_moment_exits_cleanly_and_removes_uploads(livefuse_home, 
 
 #: Every route of the server, with placeholders the fuzzer fills.
 ROUTES = [
-    "/", "/favicon.ico", "/view/{id}", "/static/{name}", "/api/config", "/api/offer", "/api/sessions",
-    "/api/sessions/{id}", "/api/sessions/{id}/settings", "/api/sessions/{id}/face", "/whip", "/whip/{id}",
-    "/whep/{id}", "/whep/{id}/{id}",
+    "/",
+    "/favicon.ico",
+    "/view/{id}",
+    "/static/{name}",
+    "/api/config",
+    "/api/offer",
+    "/api/sessions",
+    "/api/sessions/{id}",
+    "/api/sessions/{id}/settings",
+    "/api/sessions/{id}/face",
+    "/whip",
+    "/whip/{id}",
+    "/whep/{id}",
+    "/whep/{id}/{id}",
 ]
 FUZZ_BUDGET_S = 40.0
 
@@ -190,24 +207,56 @@ def test_fuzz_every_endpoint(server):
     sent = {"n": 0}
 
     texts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=40)
-    segment = st.one_of(st.sampled_from(["latest", "index.html", "app.js", "..", "%2e%2e", "%00", "x" * 300]),
-                        texts.map(lambda t: t.replace(" ", "%20").replace("?", "%3F").replace("#", "%23")))
+    segment = st.one_of(
+        st.sampled_from(["latest", "index.html", "app.js", "..", "%2e%2e", "%00", "x" * 300]),
+        texts.map(lambda t: t.replace(" ", "%20").replace("?", "%3F").replace("#", "%23")),
+    )
     json_values = st.recursive(
         st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | texts,
-        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4), max_leaves=12,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
+        max_leaves=12,
     )
     bodies = st.one_of(
         st.binary(max_size=2048),
         json_values.map(lambda v: json.dumps(v).encode()),
         st.fixed_dictionaries({"sdp": texts, "type": st.sampled_from(["offer", "answer", "x"])}).map(
-            lambda v: json.dumps(v).encode()),
-        st.sampled_from([b"\x89PNG\r\n\x1a\n" + bytes(40), b"RIFF\x00\x00\x00\x00WEBPVP8 " + bytes(40),
-                         b"\xff\xd8\xff\xe0" + bytes(40), b"v=0\r\n", b"[" * 500]),
+            lambda v: json.dumps(v).encode()
+        ),
+        st.sampled_from(
+            [
+                b"\x89PNG\r\n\x1a\n" + bytes(40),
+                b"RIFF\x00\x00\x00\x00WEBPVP8 " + bytes(40),
+                b"\xff\xd8\xff\xe0" + bytes(40),
+                b"v=0\r\n",
+                b"[" * 500,
+            ]
+        ),
     )
-    content_types = st.sampled_from(["application/json", "application/sdp", "image/png", "image/jpeg",
-                                     "image/webp", "text/plain", "multipart/form-data", "", "image/"])
-    header_names = st.sampled_from(["Authorization", "X-Livefuse-Token", "Accept", "Origin", "Range",
-                                    "If-Modified-Since", "X-Forwarded-For", "Transfer-Encoding"])
+    content_types = st.sampled_from(
+        [
+            "application/json",
+            "application/sdp",
+            "image/png",
+            "image/jpeg",
+            "image/webp",
+            "text/plain",
+            "multipart/form-data",
+            "",
+            "image/",
+        ]
+    )
+    header_names = st.sampled_from(
+        [
+            "Authorization",
+            "X-Livefuse-Token",
+            "Accept",
+            "Origin",
+            "Range",
+            "If-Modified-Since",
+            "X-Forwarded-For",
+            "Transfer-Encoding",
+        ]
+    )
 
     @settings(max_examples=1500, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(

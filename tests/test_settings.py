@@ -229,8 +229,18 @@ def test_unknown_model_names_list_the_known_and_installed_ones(
     option: str, name: str, role: str, home: Path, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     swapper = () if option == "--swapper" else ("--swapper", "inswapper_128")
-    argv = ["run", "--source", str(home / "samples" / "biden.jpg"), "--input", str(home / "samples" / "biden.jpg"),
-            "--output", str(tmp_path / "out.mp4"), *swapper, option, name]
+    argv = [
+        "run",
+        "--source",
+        str(home / "samples" / "biden.jpg"),
+        "--input",
+        str(home / "samples" / "biden.jpg"),
+        "--output",
+        str(tmp_path / "out.mp4"),
+        *swapper,
+        option,
+        name,
+    ]
     code, text = _exit_code_and_error(argv, caplog)
     assert code == 2
     assert f"{option} {name}: not a {role}; the {role}s are " in text and "(installed: " in text

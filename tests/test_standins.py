@@ -64,9 +64,7 @@ def test_every_optional_model_has_stand_ins() -> None:
 
 
 @pytest.mark.parametrize("name", standins.STANDIN_NAMES)
-def test_tiny_stand_in_has_the_records_interface(
-    name: str, tiny: dict[str, Path], tmp_path: Path
-) -> None:
+def test_tiny_stand_in_has_the_records_interface(name: str, tiny: dict[str, Path], tmp_path: Path) -> None:
     path, spec = tiny[name], MANIFEST[name]
     onnx.checker.check_model(onnx.load(str(path)))
     limit = 1.1e6 if name == "inswapper_128" else 1e6  # its float32 emap alone is 1 MiB
@@ -75,8 +73,10 @@ def test_tiny_stand_in_has_the_records_interface(
     store = ModelStore(tmp_path, standins.pinned_manifest({name: path}))
     assert ModelInstaller(store).add(name, path) == store.path(name)
     model = onnx.load(str(path))
-    declared = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-                for v in (*model.graph.input, *model.graph.output)}
+    declared = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in (*model.graph.input, *model.graph.output)
+    }
     for c in (*spec.inputs, *spec.outputs):
         assert declared[c.name] == list(c.shape)  # identical, dynamic dims as dim_params
 

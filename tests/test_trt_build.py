@@ -25,9 +25,21 @@ H100 = GpuInfo("NVIDIA H100 80GB HBM3", (9, 0))
 #: adain_model's nodes whose layers are constrained; its Reshape and Split read int64 shape
 #: constants in the fake network, so they are left alone (and warned about).
 CONSTRAINED = {
-    "/b0/InstanceNormalization", "/b0/style/Gemm", "/b0/style/Add", "/b0/Mul", "/b0/Add",
-    "/b1/ReduceMean", "/b1/Sub", "/b1/Pow", "/b1/ReduceMean_1", "/b1/Add", "/b1/Sqrt", "/b1/Div",
-    "/b1/style/Gemm", "/b1/Mul", "/b1/Add_1",
+    "/b0/InstanceNormalization",
+    "/b0/style/Gemm",
+    "/b0/style/Add",
+    "/b0/Mul",
+    "/b0/Add",
+    "/b1/ReduceMean",
+    "/b1/Sub",
+    "/b1/Pow",
+    "/b1/ReduceMean_1",
+    "/b1/Add",
+    "/b1/Sqrt",
+    "/b1/Div",
+    "/b1/style/Gemm",
+    "/b1/Mul",
+    "/b1/Add_1",
 }
 
 
@@ -63,13 +75,21 @@ def test_fp16_build_with_fp32_norms_profiles_and_a_record(swap_store: ModelStore
     assert config.flags == {"FP16", "OBEY_PRECISION_CONSTRAINTS"}
     assert config.builder_optimization_level == 2 and config.pools == {"WORKSPACE": int(1.5 * (1 << 30))}
     (profile,) = config.profiles
-    assert profile.shapes == {"target": ((1, 3, 8, 8), (1, 3, 8, 8), (4, 3, 8, 8)),
-                              "source": ((1, 16), (1, 16), (4, 16))}
+    assert profile.shapes == {
+        "target": ((1, 3, 8, 8), (1, 3, 8, 8), (4, 3, 8, 8)),
+        "source": ((1, 16), (1, 16), (4, 16)),
+    }
     fp32 = {layer.name for layer in layers if layer.precision is trt.float32}
     assert fp32 == CONSTRAINED | {"/b1/Sub_100"}  # the Sub's helper layer too, by its name or metadata
     assert all(layer.output_types == {0: trt.float32} for layer in layers if layer.name in fp32)
-    record = find_engine(swap_store.spec("inswapper_128"), "10.3.0", (9, 0), swap_store.home / "engines",
-                         onnx_sha256=sha256_file(swap_store.path("inswapper_128")), batch=4).record
+    record = find_engine(
+        swap_store.spec("inswapper_128"),
+        "10.3.0",
+        (9, 0),
+        swap_store.home / "engines",
+        onnx_sha256=sha256_file(swap_store.path("inswapper_128")),
+        batch=4,
+    ).record
     assert {layer for layer, _ in record.layer_precisions} == fp32
     assert [t.name for t in record.tensors] == ["target", "source", "output"]
     assert record.tensors[0].shape == (-1, 3, 8, 8) and record.tensors[0].dtype == "float32"
@@ -92,8 +112,9 @@ def test_rebuilds_skip_fresh_engines_and_reuse_the_timing_cache(swap_store: Mode
     (result,) = build_engines(options, trt=again, gpu=H100, store=swap_store)
     assert result.status == "up to date" and again.builders == []
     forced = FakeTrt()
-    (result,) = build_engines(BuildOptions(models=("inswapper_128",), force=True), trt=forced, gpu=H100,
-                              store=swap_store)
+    (result,) = build_engines(
+        BuildOptions(models=("inswapper_128",), force=True), trt=forced, gpu=H100, store=swap_store
+    )
     assert result.status == "built" and _only(forced)[0].cache_loaded == [b"+"]
     assert cache.read_bytes() == b"++"
     # Another GPU architecture gets its own engine and its own timing cache.
@@ -118,8 +139,10 @@ def test_fixed_shape_models_get_no_profile_and_stay_fresh(tmp_path: Path) -> Non
 
 
 def test_weight_streaming_builds_a_strongly_typed_network(tmp_path: Path) -> None:
-    files = {"inswapper_128_fp16": make_tiny("inswapper_128_fp16", tmp_path / "src"),
-             "inswapper_128": make_tiny("inswapper_128", tmp_path / "src")}
+    files = {
+        "inswapper_128_fp16": make_tiny("inswapper_128_fp16", tmp_path / "src"),
+        "inswapper_128": make_tiny("inswapper_128", tmp_path / "src"),
+    }
     store = _store(tmp_path, files)
     trt = FakeTrt()
     results = build_engines(BuildOptions(weight_streaming=True), trt=trt, gpu=H100, store=store)
@@ -130,16 +153,23 @@ def test_weight_streaming_builds_a_strongly_typed_network(tmp_path: Path) -> Non
     (builder,) = trt.builders
     assert builder.networks[0].flags == 1 << 5  # STRONGLY_TYPED
     assert builder.configs[0].flags == {"WEIGHT_STREAMING"}  # no FP16 flag, no precision constraints
-    record = find_engine(store.spec("inswapper_128_fp16"), "10.3.0", (9, 0), store.home / "engines",
-                         onnx_sha256=sha256_file(files["inswapper_128_fp16"])).record
+    record = find_engine(
+        store.spec("inswapper_128_fp16"),
+        "10.3.0",
+        (9, 0),
+        store.home / "engines",
+        onnx_sha256=sha256_file(files["inswapper_128_fp16"]),
+    ).record
     assert record.weight_streaming and record.layer_precisions == ()
 
 
 def test_parse_errors_are_listed_and_other_models_still_build(tmp_path: Path) -> None:
     broken = adain_model()
     broken.graph.node[-1].op_type = "NonMaxSuppression"
-    files = {"inswapper_128": write_model(broken, tmp_path / "src" / "broken.onnx"),
-             "w600k_r50": make_tiny("w600k_r50", tmp_path / "src")}
+    files = {
+        "inswapper_128": write_model(broken, tmp_path / "src" / "broken.onnx"),
+        "w600k_r50": make_tiny("w600k_r50", tmp_path / "src"),
+    }
     results = build_engines(BuildOptions(), trt=FakeTrt(), gpu=H100, store=_store(tmp_path, files))
     by_model = {r.model: r for r in results}
     assert by_model["w600k_r50"].status == "built"

@@ -40,8 +40,11 @@ def _why_not() -> str | None:
 
 
 _WHY_NOT = _why_not()
-pytestmark = [pytest.mark.gpu, pytest.mark.slow,
-              pytest.mark.skipif(_WHY_NOT is not None, reason=f"TensorRT tests need a GPU: {_WHY_NOT}")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.slow,
+    pytest.mark.skipif(_WHY_NOT is not None, reason=f"TensorRT tests need a GPU: {_WHY_NOT}"),
+]
 
 STANDINS = ("w600k_r50", "inswapper_128", "gfpgan_1.4", "scrfd_det_10g")
 MAX_BATCH = 4
@@ -65,8 +68,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
 
 def _runner(store: ModelStore, name: str, weight_budget: int | None = None) -> TrtRunner:
     path = store.path(name)
-    return TrtRunner(store.spec(name), store.home / "engines", onnx_sha256=sha256_file(path),
-                     weight_budget=weight_budget)
+    return TrtRunner(
+        store.spec(name), store.home / "engines", onnx_sha256=sha256_file(path), weight_budget=weight_budget
+    )
 
 
 def _feeds(store: ModelStore, name: str, batch: int, side: int = 640, seed: int = 0) -> dict[str, np.ndarray]:
@@ -132,8 +136,13 @@ def test_infer_device_matches_infer(built: ModelStore) -> None:
         want = [a.copy() for a in runner.infer(feeds)]
         sizes_in, sizes_out = runner.io_bytes(batch)
         gpu = CudaDevice(0)
-        with DeviceBuffer(sizes_in[0]) as x, DeviceBuffer(sizes_out[0]) as y, Stream() as stream, \
-                PinnedBuffer(sizes_in[0]) as host_in, PinnedBuffer(sizes_out[0]) as host_out:
+        with (
+            DeviceBuffer(sizes_in[0]) as x,
+            DeviceBuffer(sizes_out[0]) as y,
+            Stream() as stream,
+            PinnedBuffer(sizes_in[0]) as host_in,
+            PinnedBuffer(sizes_out[0]) as host_out,
+        ):
             host_in.array[:] = feeds["input.1"].view(np.uint8).ravel()
             gpu.copy_h2d(x, host_in.array, sizes_in[0], stream)
             runner.infer_device({"input.1": x.ptr}, {"683": y.ptr}, batch, stream)

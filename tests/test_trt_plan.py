@@ -57,8 +57,17 @@ def test_faithful_inswapper_keeps_its_12_norm_chains_and_adain_blocks_in_fp32() 
     found = fp32_nodes(graph)
     assert Counter(found.values()) == {INSTANCE_NORM_DECOMPOSED: 12 * 7, ADAIN: 12 * 5}
     ops = Counter(n.op_type for n in graph.node if n.name in found)
-    assert ops == {"ReduceMean": 24, "Sub": 12, "Mul": 24, "Add": 24, "Sqrt": 12, "Div": 12, "Gemm": 12,
-                   "Reshape": 12, "Split": 12}
+    assert ops == {
+        "ReduceMean": 24,
+        "Sub": 12,
+        "Mul": 24,
+        "Add": 24,
+        "Sqrt": 12,
+        "Div": 12,
+        "Gemm": 12,
+        "Reshape": 12,
+        "Split": 12,
+    }
     assert not any(n.op_type in {"Conv", "Pad", "Resize", "LeakyRelu"} for n in graph.node if n.name in found)
     assert "Add_63" not in found  # the residual add of block 0 (x + adain(...))
 
@@ -76,17 +85,23 @@ def _graph(nodes: list[onnx.NodeProto], consts: dict[str, object]) -> onnx.Graph
 
 
 def _norm(square: list[onnx.NodeProto], tail: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    return [helper.make_node("ReduceMean", ["x"], ["m"], name="mean", axes=[2, 3]),
-            helper.make_node("Sub", ["x", "m"], ["c"], name="sub"), *square,
-            helper.make_node("ReduceMean", ["sq"], ["v"], name="var", axes=[2, 3]), *tail]
+    return [
+        helper.make_node("ReduceMean", ["x"], ["m"], name="mean", axes=[2, 3]),
+        helper.make_node("Sub", ["x", "m"], ["c"], name="sub"),
+        *square,
+        helper.make_node("ReduceMean", ["sq"], ["v"], name="var", axes=[2, 3]),
+        *tail,
+    ]
 
 
 def test_decomposed_norm_variants_pow_and_reciprocal_are_found() -> None:
     pow_square = [helper.make_node("Pow", ["c", "two"], ["sq"], name="pow")]
-    reciprocal = [helper.make_node("Add", ["v", "eps"], ["ve"], name="eps"),
-                  helper.make_node("Sqrt", ["ve"], ["s"], name="sqrt"),
-                  helper.make_node("Reciprocal", ["s"], ["r"], name="recip"),
-                  helper.make_node("Mul", ["c", "r"], ["y"], name="scale")]
+    reciprocal = [
+        helper.make_node("Add", ["v", "eps"], ["ve"], name="eps"),
+        helper.make_node("Sqrt", ["ve"], ["s"], name="sqrt"),
+        helper.make_node("Reciprocal", ["s"], ["r"], name="recip"),
+        helper.make_node("Mul", ["c", "r"], ["y"], name="scale"),
+    ]
     found = fp32_nodes(_graph(_norm(pow_square, reciprocal), {"two": 2.0, "eps": 1e-5}))
     assert list(found) == ["mean", "sub", "pow", "var", "eps", "sqrt", "recip", "scale"]
 
@@ -95,19 +110,23 @@ def test_look_alikes_are_not_norms() -> None:
     cube = [helper.make_node("Pow", ["c", "three"], ["sq"], name="pow")]
     assert fp32_nodes(_graph(_norm(cube, []), {"three": 3.0})) == {}
     # x - mean(y) of another tensor is no centring
-    other = [helper.make_node("ReduceMean", ["x"], ["m"], name="mean", axes=[2, 3]),
-             helper.make_node("Relu", ["x"], ["z"], name="relu"),
-             helper.make_node("Sub", ["z", "m"], ["c"], name="sub"),
-             helper.make_node("Mul", ["c", "c"], ["sq"], name="sq"),
-             helper.make_node("ReduceMean", ["sq"], ["y"], name="var", axes=[2, 3])]
+    other = [
+        helper.make_node("ReduceMean", ["x"], ["m"], name="mean", axes=[2, 3]),
+        helper.make_node("Relu", ["x"], ["z"], name="relu"),
+        helper.make_node("Sub", ["z", "m"], ["c"], name="sub"),
+        helper.make_node("Mul", ["c", "c"], ["sq"], name="sq"),
+        helper.make_node("ReduceMean", ["sq"], ["y"], name="var", axes=[2, 3]),
+    ]
     assert fp32_nodes(_graph(other, {})) == {}
 
 
 def test_modulation_needs_a_style_projection() -> None:
     """norm * (something that is not a projection of the latent) is left alone."""
-    nodes = [helper.make_node("InstanceNormalization", ["x", "s", "b"], ["n"], name="in"),
-             helper.make_node("Relu", ["x"], ["gate"], name="relu"),
-             helper.make_node("Mul", ["n", "gate"], ["y"], name="mul")]
+    nodes = [
+        helper.make_node("InstanceNormalization", ["x", "s", "b"], ["n"], name="in"),
+        helper.make_node("Relu", ["x"], ["gate"], name="relu"),
+        helper.make_node("Mul", ["n", "gate"], ["y"], name="mul"),
+    ]
     assert fp32_nodes(_graph(nodes, {"s": np.ones(4), "b": np.zeros(4)})) == {"in": "instance-norm"}
 
 
@@ -123,17 +142,20 @@ def test_unnamed_nodes_are_named_as_tensorrt_names_them() -> None:
 NODES = frozenset({"/b1/Div", "/b1/Div_1", "/b1/Add", "Add_1", "Add_12"})
 
 
-@pytest.mark.parametrize(("layer", "metadata", "owner"), [
-    ("/b1/Div", "", "/b1/Div"),
-    ("/b1/Div_1", "", "/b1/Div_1"),  # its own node, not a helper of /b1/Div
-    ("/b1/Div_57", "", "/b1/Div"),  # the parser's second layer of /b1/Div
-    ("/b1/Add_3_broadcast", "", "/b1/Add"),
-    ("Add_12", "", "Add_12"),
-    ("Add_1_40", "", "Add_1"),
-    ("(Unnamed Layer* 7) [Shuffle]", "", None),
-    ("fused_thing", "[ONNX Layer: /b1/Div_1]", "/b1/Div_1"),  # metadata wins over the name
-    ("/b1/Div_57", "[ONNX Layer: gone]", "/b1/Div"),
-])
+@pytest.mark.parametrize(
+    ("layer", "metadata", "owner"),
+    [
+        ("/b1/Div", "", "/b1/Div"),
+        ("/b1/Div_1", "", "/b1/Div_1"),  # its own node, not a helper of /b1/Div
+        ("/b1/Div_57", "", "/b1/Div"),  # the parser's second layer of /b1/Div
+        ("/b1/Add_3_broadcast", "", "/b1/Add"),
+        ("Add_12", "", "Add_12"),
+        ("Add_1_40", "", "Add_1"),
+        ("(Unnamed Layer* 7) [Shuffle]", "", None),
+        ("fused_thing", "[ONNX Layer: /b1/Div_1]", "/b1/Div_1"),  # metadata wins over the name
+        ("/b1/Div_57", "[ONNX Layer: gone]", "/b1/Div"),
+    ],
+)
 def test_layers_are_matched_to_the_onnx_node_they_came_from(layer: str, metadata: str, owner: str | None) -> None:
     assert owner_node(layer, metadata, NODES) == owner
 
@@ -192,24 +214,47 @@ def test_an_unreadable_onnx_file_is_named(tmp_path: Path) -> None:
 def test_options_defaults_and_repeated_models() -> None:
     parser = build_parser()
     assert options_from_args(parser.parse_args([])) == BuildOptions()
-    options = options_from_args(parser.parse_args(
-        ["--model", "a", "--model", "b", "--model", "a", "--max-batch", "4", "--opt-level", "5",
-         "--workspace-gib", "0.5", "--weight-streaming", "--engines", "/e", "--force",
-         "--precision-constraints", "prefer"]))
+    options = options_from_args(
+        parser.parse_args(
+            [
+                "--model",
+                "a",
+                "--model",
+                "b",
+                "--model",
+                "a",
+                "--max-batch",
+                "4",
+                "--opt-level",
+                "5",
+                "--workspace-gib",
+                "0.5",
+                "--weight-streaming",
+                "--engines",
+                "/e",
+                "--force",
+                "--precision-constraints",
+                "prefer",
+            ]
+        )
+    )
     assert options.models == ("a", "b") and options.max_batch == 4 and options.opt_level == 5
     assert options.workspace_bytes == 1 << 29 and options.weight_streaming and options.force
     assert options.engines_dir == Path("/e") and options.precision_constraints == "prefer"
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--max-batch", "0"], "opt-batch <= --max-batch"),
-    (["--max-batch", "2", "--opt-batch", "3"], "opt-batch <= --max-batch"),
-    (["--opt-level", "6"], "0..5"),
-    (["--workspace-gib", "0"], "positive"),
-    (["--workspace-gib", "nan"], "positive"),
-    (["--image-size", "16"], "at least 32"),
-    (["--device", "-1"], "device index"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--max-batch", "0"], "opt-batch <= --max-batch"),
+        (["--max-batch", "2", "--opt-batch", "3"], "opt-batch <= --max-batch"),
+        (["--opt-level", "6"], "0..5"),
+        (["--workspace-gib", "0"], "positive"),
+        (["--workspace-gib", "nan"], "positive"),
+        (["--image-size", "16"], "at least 32"),
+        (["--device", "-1"], "device index"),
+    ],
+)
 def test_bad_options_are_refused_with_the_reason(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         options_from_args(build_parser().parse_args(argv))
@@ -228,12 +273,20 @@ def test_the_record_says_what_was_built_and_round_trips(tmp_path: Path) -> None:
     spec = MANIFEST["w600k_r50"]
     plan = plan_model(spec, make_tiny("w600k_r50", tmp_path), "b" * 64, BuildOptions(max_batch=4))
     plan = dataclasses.replace(plan, fp32={"n": ADAIN})
-    tensors = [EngineTensor("input.1", True, "float32", (-1, 3, 112, 112)), EngineTensor("683", False, "float32",
-                                                                                          (-1, 512))]
-    record = make_record(plan, version="10.3.0", gpu=GpuInfo("NVIDIA H100 80GB HBM3", (9, 0)),
-                         options=BuildOptions(max_batch=4, opt_level=4), tensors=tensors,
-                         fp32_layers=["n", "n_7"], build_seconds=12.3456,
-                         built_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+    tensors = [
+        EngineTensor("input.1", True, "float32", (-1, 3, 112, 112)),
+        EngineTensor("683", False, "float32", (-1, 512)),
+    ]
+    record = make_record(
+        plan,
+        version="10.3.0",
+        gpu=GpuInfo("NVIDIA H100 80GB HBM3", (9, 0)),
+        options=BuildOptions(max_batch=4, opt_level=4),
+        tensors=tensors,
+        fp32_layers=["n", "n_7"],
+        build_seconds=12.3456,
+        built_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+    )
     assert record.key.stem == f"w600k_r50-{'b' * 12}-trt10.3.0-sm90-fp16"
     assert record.layer_precisions == (("n", "fp32"), ("n_7", "fp32"))
     assert record.max_batch == 4 and record.optimization_level == 4 and record.workspace_bytes == 4 << 30

@@ -25,9 +25,17 @@ H100 = (9, 0)
 
 def _record(cc: tuple[int, int] = H100, max_batch: int = 8) -> EngineRecord:
     return EngineRecord(
-        model=SPEC.name, onnx_sha256=SHA, trt_version="10.3.0", cc=cc, precision="fp16",
+        model=SPEC.name,
+        onnx_sha256=SHA,
+        trt_version="10.3.0",
+        cc=cc,
+        precision="fp16",
         profiles=(InputProfile("x", (1, 4), (1, 4), (max_batch, 4)),),
-        tensors=(), layer_precisions=(), optimization_level=3, workspace_bytes=1 << 30, build_seconds=1.0,
+        tensors=(),
+        layer_precisions=(),
+        optimization_level=3,
+        workspace_bytes=1 << 30,
+        build_seconds=1.0,
         built_at="2026-01-01T00:00:00+00:00",
     )
 
@@ -152,14 +160,17 @@ def test_bad_feeds_are_named(runner: TrtRunner) -> None:
 
 def test_tensors_and_provider_are_described(runner: TrtRunner) -> None:
     assert runner.provider == "tensorrt"
-    assert [(s.name, s.shape, s.dtype) for s in runner.inputs] == [("x", (None, 4), "tensor(float)"),
-                                                                  ("s", (1,), "tensor(float16)")]
+    assert [(s.name, s.shape, s.dtype) for s in runner.inputs] == [
+        ("x", (None, 4), "tensor(float)"),
+        ("s", (1,), "tensor(float16)"),
+    ]
     assert [(s.name, s.dtype) for s in runner.outputs] == [("y", "tensor(float16)"), ("n", "tensor(float)")]
     assert runner.memory().activation_bytes == 3 << 20
 
 
-def test_engines_for_another_gpu_are_refused_with_the_rebuild_command(tmp_path: Path, trt: FakeTrt,
-                                                                       gpu: FakeGpu) -> None:
+def test_engines_for_another_gpu_are_refused_with_the_rebuild_command(
+    tmp_path: Path, trt: FakeTrt, gpu: FakeGpu
+) -> None:
     save_engine(tmp_path, b"built on a 4090", _record(cc=(8, 9)))
     with pytest.raises(EngineMismatch, match="other GPU") as err:
         _runner(tmp_path, trt, gpu).activate()
@@ -195,8 +206,7 @@ def test_weight_budget(engines: Path, trt: FakeTrt, gpu: FakeGpu) -> None:
         _runner(engines, trt, gpu, weight_budget=-1)
 
 
-def test_close_frees_everything_and_a_failed_activate_leaves_nothing(engines: Path, trt: FakeTrt,
-                                                                     gpu: FakeGpu) -> None:
+def test_close_frees_everything_and_a_failed_activate_leaves_nothing(engines: Path, trt: FakeTrt, gpu: FakeGpu) -> None:
     runner = _runner(engines, trt, gpu)
     with runner:
         runner.infer(feeds(2))

@@ -30,9 +30,7 @@ class RecordingBackend:
 
     instances: list[RecordingBackend] = []
 
-    def __init__(
-        self, *, width: int, height: int, fps: float, fourcc: int, device: str | None, **kw: Any
-    ) -> None:
+    def __init__(self, *, width: int, height: int, fps: float, fourcc: int, device: str | None, **kw: Any) -> None:
         self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
         self._device = device or "fake-cam"
         self.frames: list[np.ndarray] = []
@@ -81,10 +79,6 @@ class ColourSource:
         pass
 
 
-
-
-
-
 def test_frames_arrive_with_the_right_size_format_and_content(
     backend: type[RecordingBackend],
 ) -> None:
@@ -121,16 +115,12 @@ def test_send_does_not_pace_by_sleeping(backend: type[RecordingBackend]) -> None
     assert sink.device_name is None  # closed
 
 
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="the v4l2loopback backend is Linux-only"
-)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the v4l2loopback backend is Linux-only")
 def test_no_loopback_device_gives_the_modprobe_line() -> None:
     if glob.glob("/dev/video*"):
         pytest.skip("this machine has video devices; the no-device path cannot be forced")
     with pytest.raises(OutputError) as err:
-        VirtualCameraSink(backend="v4l2loopback").open(
-            SourceInfo(W, H, 30.0, True, Fraction(1, 90_000))
-        )
+        VirtualCameraSink(backend="v4l2loopback").open(SourceInfo(W, H, 30.0, True, Fraction(1, 90_000)))
     message = str(err.value)
     assert "modprobe v4l2loopback" in message
     assert LINUX_MODPROBE in message and "sudo apt install v4l2loopback-dkms" in message

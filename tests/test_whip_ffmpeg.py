@@ -53,15 +53,19 @@ def p256_certificate(directory: Path) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "whip-client")])
     now = time.time()
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(__import__("datetime").datetime.fromtimestamp(now - 60))
         .not_valid_after(__import__("datetime").datetime.fromtimestamp(now + 86400))
         .sign(key, hashes.SHA256())
     )
     key_path, cert_path = directory / "key.pem", directory / "cert.pem"
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return key_path, cert_path
 
@@ -75,7 +79,8 @@ import logging
 import av, cv2
 logging.basicConfig(level=logging.ERROR)  # FFmpeg's own errors (libav.*) on stderr
 av.logging.set_level(av.logging.ERROR)
-url, image_path, count, options = sys.argv[1], sys.argv[2], int(sys.argv[3]), dict(a.split("=", 1) for a in sys.argv[4:])
+url, image_path, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+options = dict(a.split("=", 1) for a in sys.argv[4:])
 image = cv2.imread(image_path)
 with av.open(url, mode="w", format="whip", options={"handshake_timeout": "10000", **options}) as out:
     stream = out.add_stream("libx264", rate=30)
@@ -109,6 +114,7 @@ class Returned:
             with self.lock:
                 self.images = [*self.images[-9:], frame.image.copy()]
             return send(sink, frame)
+
         return keep
 
 
@@ -126,7 +132,9 @@ def test_ffmpeg_whip_muxer_publishes_and_is_swapped(engine, livefuse_home, tmp_p
     monkeypatch.setattr(media.HubSink, "send", returned.wrap(media.HubSink.send))
     key, cert = p256_certificate(tmp_path)
     with serving_in_thread(engine, Settings(home=str(livefuse_home))) as server:
-        result = publish(f"{server.url}/whip", tmp_path / "still.png", 90, {"cert_file": str(cert), "key_file": str(key)})
+        result = publish(
+            f"{server.url}/whip", tmp_path / "still.png", 90, {"cert_file": str(cert), "key_file": str(key)}
+        )
     assert result.returncode == 0, result.stderr[-2000:]
     with returned.lock:
         images = list(returned.images)

@@ -276,8 +276,11 @@ class FakeParserError:
         return self.index
 
 
-_ONNX_TYPES = {TensorProto.FLOAT: np.dtype("float32"), TensorProto.FLOAT16: np.dtype("float16"),
-               TensorProto.INT64: np.dtype("int64")}
+_ONNX_TYPES = {
+    TensorProto.FLOAT: np.dtype("float32"),
+    TensorProto.FLOAT16: np.dtype("float16"),
+    TensorProto.INT64: np.dtype("int64"),
+}
 
 
 class FakeParser:
@@ -327,7 +330,6 @@ class FakeParser:
         if node.op_type == "Sub":
             helper_name = f"{name}_{next(self._suffix)}"
             self.network.layers.append(FakeLayer(helper_name, meta, inputs[1:], [FakeTensor(helper_name, FLOAT32)]))
-
 
 
 class FakeProfile:
@@ -473,12 +475,17 @@ class FakeTrt:
 #: The nodes of :func:`adain_model` that must stay FP32, and why.
 ADAIN_FP32 = {
     "/b0/InstanceNormalization": "instance-norm",
-    **dict.fromkeys(["/b0/style/Gemm", "/b0/style/Reshape", "/b0/style/Split", "/b0/style/Add", "/b0/Mul",
-                     "/b0/Add"], "adain style modulation"),
-    **dict.fromkeys(["/b1/ReduceMean", "/b1/Sub", "/b1/Pow", "/b1/ReduceMean_1", "/b1/Add", "/b1/Sqrt",
-                     "/b1/Div"], "instance-norm (decomposed)"),
-    **dict.fromkeys(["/b1/style/Gemm", "/b1/style/Reshape", "/b1/style/Split", "/b1/Mul", "/b1/Add_1"],
-                    "adain style modulation"),
+    **dict.fromkeys(
+        ["/b0/style/Gemm", "/b0/style/Reshape", "/b0/style/Split", "/b0/style/Add", "/b0/Mul", "/b0/Add"],
+        "adain style modulation",
+    ),
+    **dict.fromkeys(
+        ["/b1/ReduceMean", "/b1/Sub", "/b1/Pow", "/b1/ReduceMean_1", "/b1/Add", "/b1/Sqrt", "/b1/Div"],
+        "instance-norm (decomposed)",
+    ),
+    **dict.fromkeys(
+        ["/b1/style/Gemm", "/b1/style/Reshape", "/b1/style/Split", "/b1/Mul", "/b1/Add_1"], "adain style modulation"
+    ),
 }
 
 
@@ -502,8 +509,13 @@ def adain_model(batch: int | str = "N", channels: int = 4, side: int = 8, latent
     style = [c("shape", [-1, 2 * ch, 1, 1], np.int64), c("halves", [ch, ch], np.int64)]
     nodes = [
         node("Conv", ["target", w("conv_w", [ch, 3, 3, 3]), w("conv_b", [ch])], ["feat"], "/enc/Conv", pads=[1] * 4),
-        node("InstanceNormalization", ["feat", c("in_s", np.ones(ch)), c("in_b", np.zeros(ch))], ["n0"],
-             "/b0/InstanceNormalization", epsilon=1e-5),
+        node(
+            "InstanceNormalization",
+            ["feat", c("in_s", np.ones(ch)), c("in_b", np.zeros(ch))],
+            ["n0"],
+            "/b0/InstanceNormalization",
+            epsilon=1e-5,
+        ),
         node("Gemm", ["source", w("g0", [2 * ch, latent]), w("g0b", [2 * ch])], ["s0"], "/b0/style/Gemm", transB=1),
         node("Reshape", ["s0", style[0]], ["s0r"], "/b0/style/Reshape"),
         node("Split", ["s0r", style[1]], ["scale0", "shift0"], "/b0/style/Split", axis=1),
@@ -528,9 +540,12 @@ def adain_model(batch: int | str = "N", channels: int = 4, side: int = 8, latent
         node("Sigmoid", ["rgb"], ["output"], "/Sigmoid"),
     ]
     graph = helper.make_graph(
-        nodes, "adain",
-        [helper.make_tensor_value_info("target", TensorProto.FLOAT, [batch, 3, side, side]),
-         helper.make_tensor_value_info("source", TensorProto.FLOAT, [batch, latent])],
+        nodes,
+        "adain",
+        [
+            helper.make_tensor_value_info("target", TensorProto.FLOAT, [batch, 3, side, side]),
+            helper.make_tensor_value_info("source", TensorProto.FLOAT, [batch, latent]),
+        ],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 3, side, side])],
         initializer=inits,
     )

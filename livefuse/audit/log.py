@@ -36,7 +36,8 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY,
     time TEXT NOT NULL,
@@ -47,8 +48,9 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-""" + _NO_DELETE
-
+"""
+    + _NO_DELETE
+)
 
 
 class AuditError(LivefuseError):
@@ -106,8 +108,10 @@ class AuditLog:
                 db.executescript(_SCHEMA)
                 yield db
         except sqlite3.Error as exc:
-            raise AuditError(f"audit log {self.path}: {exc}; check that the file is a livefuse audit log "
-                             "and its directory is writable") from exc
+            raise AuditError(
+                f"audit log {self.path}: {exc}; check that the file is a livefuse audit log "
+                "and its directory is writable"
+            ) from exc
         except OSError as exc:
             raise AuditError(f"cannot open the audit log {self.path}: {exc}") from exc
 
@@ -162,8 +166,9 @@ class AuditLog:
         """Remove rows older than ``older_than``; returns how many. Logged in the chain itself."""
         cutoff = _utc(older_than).isoformat(timespec="microseconds")
         with self._connect() as db:
-            last = db.execute("SELECT seq, hash FROM audit WHERE time < ? ORDER BY seq DESC LIMIT 1",
-                              (cutoff,)).fetchone()
+            last = db.execute(
+                "SELECT seq, hash FROM audit WHERE time < ? ORDER BY seq DESC LIMIT 1", (cutoff,)
+            ).fetchone()
         if last is None:
             return 0
         self.append({"kind": "retention", "removed_through": last[0], "removed_hash": last[1], "before": cutoff})

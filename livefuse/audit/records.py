@@ -122,8 +122,9 @@ def audited(
     except BaseException as exc:
         outcome = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"failed: {exc}"
         try:
-            record(settings, make_record(kind, settings, photo=photo, target=target, output=None,
-                                         outcome=outcome, **more))
+            record(
+                settings, make_record(kind, settings, photo=photo, target=target, output=None, outcome=outcome, **more)
+            )
         except AuditError as audit_exc:
             log.error("%s", audit_exc)
         raise
@@ -135,6 +136,13 @@ def session_record(
 ) -> dict[str, Any]:
     """The record of a live session opened by ``client`` (a web page or a WHIP client)."""
     return make_record(
-        "session", settings, photo=photo, target=f"webrtc {kind}", output=None, outcome="opened",
-        who=f"client {client or 'unknown'}", token=token, extra={"session": session_id},
+        "session",
+        settings,
+        photo=photo,
+        target=f"webrtc {kind}",
+        output=None,
+        outcome="opened",
+        who=f"client {client or 'unknown'}",
+        token=token,
+        extra={"session": session_id},
     )

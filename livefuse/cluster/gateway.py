@@ -95,8 +95,13 @@ class Gateway:
     async def nodes(self, request: web.Request) -> web.Response:
         """The live workers and their free slots."""
         nodes = await self._registry(self.registry.nodes)
-        return web.json_response({"nodes": [{"id": n.id, "url": n.url, "free": n.free, "max": n.max}
-                                            for n in sorted(nodes, key=lambda n: n.id)]})
+        return web.json_response(
+            {
+                "nodes": [
+                    {"id": n.id, "url": n.url, "free": n.free, "max": n.max} for n in sorted(nodes, key=lambda n: n.id)
+                ]
+            }
+        )
 
     async def any_worker(self, request: web.Request) -> web.StreamResponse:
         node = await self._registry(self.registry.roomiest) or await self._first(request)
@@ -140,8 +145,7 @@ class Gateway:
         session = request.match_info["session"]
         node = await self._registry(self.registry.owner, session)
         if node is None:
-            raise ApiError(404, f"no session {session!r}: it ended, or the worker that ran it is gone; "
-                                "start a new one")
+            raise ApiError(404, f"no session {session!r}: it ended, or the worker that ran it is gone; start a new one")
         return await self._forward(request, node)
 
     async def _forward(self, request: web.Request, node: Node) -> web.Response:
@@ -155,8 +159,10 @@ class Gateway:
                 back["X-Livefuse-Node"] = node.id
                 return web.Response(status=answer.status, body=data, headers=back)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise ApiError(502, f"worker {node.id} ({node.url}) did not answer ({exc}); it may have stopped — "
-                                "its sessions have ended") from None
+            raise ApiError(
+                502,
+                f"worker {node.id} ({node.url}) did not answer ({exc}); it may have stopped — its sessions have ended",
+            ) from None
 
 
 async def _no_icon(request: web.Request) -> web.Response:

@@ -114,10 +114,14 @@ def diagnose(box: ContainerFacts, host: Facts) -> list[Problem]:
 def _gpu(box: ContainerFacts, host: Facts) -> Problem | None:
     if box.image_cuda is None or host.gpus or host.runtime.gpus:
         return None
-    passed = "the runtime passed in no /dev/nvidia* device" if not box.nvidia_devices else (
-        f"{', '.join(box.nvidia_devices)} are there but no GPU answers")
+    passed = (
+        "the runtime passed in no /dev/nvidia* device"
+        if not box.nvidia_devices
+        else (f"{', '.join(box.nvidia_devices)} are there but no GPU answers")
+    )
     return Problem(
-        "container-no-gpu", "error",
+        "container-no-gpu",
+        "error",
         f"this is the CUDA {box.image_cuda} image but no GPU is visible ({passed}); livefuse would "
         "run on the CPU, slowly",
         "start the container with GPU access: 'docker run --gpus all …' (needs the NVIDIA Container "
@@ -139,7 +143,8 @@ def _driver(box: ContainerFacts, host: Facts) -> Problem | None:
     full = needed_driver(box.image_cuda)
     every = f" ({full} for every feature)" if full and full != floor else ""
     return Problem(
-        "container-driver", "error",
+        "container-driver",
+        "error",
         f"the host's NVIDIA driver {host.driver} is too old for this image's CUDA {box.image_cuda}: "
         f"CUDA {major} needs driver {floor} or newer{every}",
         f"update the NVIDIA driver on the host (the container uses the host's driver){alternative}",
@@ -160,7 +165,8 @@ def _shm(box: ContainerFacts) -> Problem | None:
     if box.shm_bytes is None or box.shm_bytes >= need:
         return None
     return Problem(
-        "container-shm", "warning",
+        "container-shm",
+        "warning",
         f"/dev/shm is {_mib(box.shm_bytes)} (Docker's default is 64 MiB); this image's jobs want at least "
         f"{_mib(need)}: NCCL, PyTorch's shared tensors and CUDA IPC fail mid-job with 'No space left on device'",
         f"start the container with --shm-size={need >> 20}m (compose: shm_size; Kubernetes: an emptyDir "
@@ -174,21 +180,27 @@ def _volumes(box: ContainerFacts, host: Facts) -> list[Problem]:
     if home is not None and not home.writable:
         needed = not host.models
         owner = f", owned by UID {home.owner_uid}" if home.owner_uid is not None else ""
-        out.append(Problem(
-            "container-volume", "error" if needed else "warning",
-            f"{home.path} (LIVEFUSE_HOME) is not writable by this container's user (UID {box.uid}{owner}): "
-            + ("models cannot be pulled into it" if needed else "models are there, but nothing new can be saved"),
-            f"on the host: chown -R {box.uid}:{box.uid} <the directory you mount>, or use a named volume "
-            f"(docker volume create), or start the container with --user $(id -u) matching the owner",
-        ))
+        out.append(
+            Problem(
+                "container-volume",
+                "error" if needed else "warning",
+                f"{home.path} (LIVEFUSE_HOME) is not writable by this container's user (UID {box.uid}{owner}): "
+                + ("models cannot be pulled into it" if needed else "models are there, but nothing new can be saved"),
+                f"on the host: chown -R {box.uid}:{box.uid} <the directory you mount>, or use a named volume "
+                f"(docker volume create), or start the container with --user $(id -u) matching the owner",
+            )
+        )
     work = box.workdir
     if work is not None and not work.writable:
-        out.append(Problem(
-            "container-workdir", "warning",
-            f"the working directory {work.path} is not writable (UID {box.uid}): outputs given as relative "
-            "paths (livefuse demo's livefuse-demo/, run --output x.mp4) cannot be written",
-            "give absolute output paths on a mounted volume (e.g. /data/out.mp4), or -w /data",
-        ))
+        out.append(
+            Problem(
+                "container-workdir",
+                "warning",
+                f"the working directory {work.path} is not writable (UID {box.uid}): outputs given as relative "
+                "paths (livefuse demo's livefuse-demo/, run --output x.mp4) cannot be written",
+                "give absolute output paths on a mounted volume (e.g. /data/out.mp4), or -w /data",
+            )
+        )
     return out
 
 
@@ -197,7 +209,8 @@ def _models(box: ContainerFacts, host: Facts) -> Problem | None:
         return None
     where = box.home.path if box.home else "LIVEFUSE_HOME"
     return Problem(
-        "container-models", "warning",
+        "container-models",
+        "warning",
         f"no models are installed in {where}/models: every start would first have to download them",
         f"fill the models volume once: docker run --rm -v livefuse-models:{where} IMAGE models pull "
         "(offline: models pull --from DIR), then mount it in every container",

@@ -48,6 +48,8 @@ def writable_dir(path: Path, what: str) -> Path:
 
 def _unwritable(path: Path, what: str, why: str) -> str:
     where = path.resolve() if not path.is_absolute() else path
-    return (f"cannot write {what} to {where} ({why}); pass a directory you can write, e.g. --output "
-            "/data/livefuse-demo in a container (where the working directory may be read-only), or fix "
-            f"its permissions (this process runs as UID {os.getuid()})")
+    return (
+        f"cannot write {what} to {where} ({why}); pass a directory you can write, e.g. --output "
+        "/data/livefuse-demo in a container (where the working directory may be read-only), or fix "
+        f"its permissions (this process runs as UID {os.getuid()})"
+    )

@@ -73,8 +73,10 @@ def _parse(trt: Any, builder: Any, logger: Any, plan: ModelPlan) -> tuple[Any, A
         )
     names = {network.get_input(i).name for i in range(network.num_inputs)}
     if names != {p.name for p in plan.profiles}:
-        raise EngineError(f"model {plan.spec.name!r}: TensorRT sees inputs {sorted(names)}, the ONNX graph "
-                          f"{sorted(p.name for p in plan.profiles)}")
+        raise EngineError(
+            f"model {plan.spec.name!r}: TensorRT sees inputs {sorted(names)}, the ONNX graph "
+            f"{sorted(p.name for p in plan.profiles)}"
+        )
     return network, parser
 
 
@@ -90,8 +92,9 @@ def keep_fp32(trt: Any, network: Any, plan: ModelPlan) -> dict[str, str]:
     constrained layers (layer name → ONNX node).
     """
     layers = [network.get_layer(i) for i in range(network.num_layers)]
-    wanted = layers_to_keep([(layer.name, getattr(layer, "metadata", "") or "") for layer in layers],
-                            plan.fp32, plan.nodes)
+    wanted = layers_to_keep(
+        [(layer.name, getattr(layer, "metadata", "") or "") for layer in layers], plan.fp32, plan.nodes
+    )
     kept: dict[str, str] = {}
     for layer in layers:
         if layer.name not in wanted:
@@ -118,8 +121,9 @@ def _config(trt: Any, builder: Any, plan: ModelPlan, options: BuildOptions, cons
         config.set_flag(trt.BuilderFlag.FP16)
         if constrained:  # without one of these flags TensorRT ignores the per-layer precisions
             obey = options.precision_constraints == "obey"
-            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS if obey
-                            else trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+            config.set_flag(
+                trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS if obey else trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS
+            )
     return config
 
 
@@ -172,14 +176,20 @@ def build_engine(trt: Any, plan: ModelPlan, options: BuildOptions, gpu: GpuInfo,
     network, parser = _parse(trt, builder, logger, plan)
     kept = {} if plan.strongly_typed else keep_fp32(trt, network, plan)
     for node in missing_fp32(plan, kept):
-        log.warning("model %s: no FP32 constraint could be set for ONNX node %s (%s)", plan.spec.name, node,
-                    plan.fp32[node])
+        log.warning(
+            "model %s: no FP32 constraint could be set for ONNX node %s (%s)", plan.spec.name, node, plan.fp32[node]
+        )
     config = _config(trt, builder, plan, options, constrained=bool(kept))
     _add_profile(builder, config, plan)
     cache = timing_cache_path(engines_dir, version, gpu.cc)
     load_timing_cache(config, cache)
-    log.info("building %s on %s: %d FP32 layers, batch up to %d (minutes; the timing cache makes rebuilds faster)",
-             plan.spec.name, gpu.name, len(kept), plan.max_batch)
+    log.info(
+        "building %s on %s: %d FP32 layers, batch up to %d (minutes; the timing cache makes rebuilds faster)",
+        plan.spec.name,
+        gpu.name,
+        len(kept),
+        plan.max_batch,
+    )
     start = time.perf_counter()
     blob = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
@@ -190,8 +200,15 @@ def build_engine(trt: Any, plan: ModelPlan, options: BuildOptions, gpu: GpuInfo,
         )
     save_timing_cache(config, cache)
     del parser  # the weights it owns were needed until the build
-    record = make_record(plan, version=version, gpu=gpu, options=options, tensors=_io_tensors(trt, network),
-                         fp32_layers=list(kept), build_seconds=seconds)
+    record = make_record(
+        plan,
+        version=version,
+        gpu=gpu,
+        options=options,
+        tensors=_io_tensors(trt, network),
+        fp32_layers=list(kept),
+        build_seconds=seconds,
+    )
     return save_engine(engines_dir, memoryview(blob), record)
 
 
@@ -210,15 +227,15 @@ class BuildResult:
 
 def _up_to_date(plan: ModelPlan, version: str, gpu: GpuInfo, engines_dir: Path) -> EngineMatch | None:
     try:
-        match = find_engine(plan.spec, version, gpu.cc, engines_dir, onnx_sha256=plan.onnx_sha256,
-                            batch=plan.max_batch)
+        match = find_engine(plan.spec, version, gpu.cc, engines_dir, onnx_sha256=plan.onnx_sha256, batch=plan.max_batch)
     except EngineMismatch:
         return None
     return match if match.record.weight_streaming == plan.strongly_typed else None
 
 
-def _build_one(trt: Any, spec: ModelSpec, onnx: Path, options: BuildOptions, gpu: GpuInfo,
-               engines_dir: Path) -> BuildResult:
+def _build_one(
+    trt: Any, spec: ModelSpec, onnx: Path, options: BuildOptions, gpu: GpuInfo, engines_dir: Path
+) -> BuildResult:
     try:
         plan = plan_model(spec, onnx, sha256_file(onnx), options)
         fresh = None if options.force else _up_to_date(plan, trt_version(trt.__version__), gpu, engines_dir)
@@ -229,13 +246,19 @@ def _build_one(trt: Any, spec: ModelSpec, onnx: Path, options: BuildOptions, gpu
         log.error("%s", exc)
         return BuildResult(spec.name, "failed", message=str(exc))
     record = match.record
-    message = (f"{record.engine_bytes / 1e6:.1f} MB in {record.build_seconds:.0f} s, batch up to {record.max_batch}, "
-               f"{len(record.layer_precisions)} FP32 layers")
+    message = (
+        f"{record.engine_bytes / 1e6:.1f} MB in {record.build_seconds:.0f} s, batch up to {record.max_batch}, "
+        f"{len(record.layer_precisions)} FP32 layers"
+    )
     return BuildResult(spec.name, "built", match.path, message)
 
 
 def build_engines(
-    options: BuildOptions, *, trt: Any = None, gpu: GpuInfo | None = None, store: ModelStore | None = None,
+    options: BuildOptions,
+    *,
+    trt: Any = None,
+    gpu: GpuInfo | None = None,
+    store: ModelStore | None = None,
 ) -> list[BuildResult]:
     """Build an engine per model (see :class:`BuildOptions`); a model that fails is reported
     in its result and the others still build. Raises :class:`ConfigError` (TensorRT or
@@ -249,6 +272,8 @@ def build_engines(
     engines_dir = options.engines_dir or default_engines_dir(home)
     models = installed_models(store, options.models)
     if not models:
-        raise ConfigError(f"no verified models are installed in {store.models_dir}: install them with "
-                          "'livefuse models pull [NAME]' or 'livefuse models add NAME PATH' first")
+        raise ConfigError(
+            f"no verified models are installed in {store.models_dir}: install them with "
+            "'livefuse models pull [NAME]' or 'livefuse models add NAME PATH' first"
+        )
     return [_build_one(trt, spec, onnx, options, gpu, engines_dir) for spec, onnx in models]

@@ -34,6 +34,7 @@ from livefuse.runtime.trt_env import GpuInfo
 #: Smallest image side an engine takes where a model leaves H and W free (detector backbones stride 32).
 MIN_SIDE = 32
 
+
 @dataclass(frozen=True, slots=True)
 class BuildOptions:
     """The build script's options (see :func:`build_parser`)."""
@@ -107,18 +108,35 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build FP16 TensorRT engines for the installed models, on the GPU that will run them.",
     )
     add = parser.add_argument
-    add("--model", dest="models", action="append", default=[], metavar="NAME",
-        help="model to build (repeatable; default: every installed model)")
+    add(
+        "--model",
+        dest="models",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="model to build (repeatable; default: every installed model)",
+    )
     add("--max-batch", type=int, default=8, help="most faces per call, for models with a dynamic batch (8)")
     add("--opt-batch", type=int, default=1, help="batch size TensorRT tunes for (1)")
     add("--opt-level", type=int, default=3, help="TensorRT builder optimisation level 0..5 (3)")
     add("--workspace-gib", type=float, default=4.0, help="TensorRT workspace memory limit in GiB (4)")
-    add("--image-size", type=int, default=640,
-        help="largest image side for detectors with free H and W and no size in the manifest (640)")
-    add("--precision-constraints", choices=("obey", "prefer"), default="obey",
-        help="whether the layers kept in FP32 must run in FP32 (obey, default) or TensorRT may fall back (prefer)")
-    add("--weight-streaming", action="store_true",
-        help="build streamable weights (strongly typed: only for FP16 ONNX files such as inswapper_128_fp16)")
+    add(
+        "--image-size",
+        type=int,
+        default=640,
+        help="largest image side for detectors with free H and W and no size in the manifest (640)",
+    )
+    add(
+        "--precision-constraints",
+        choices=("obey", "prefer"),
+        default="obey",
+        help="whether the layers kept in FP32 must run in FP32 (obey, default) or TensorRT may fall back (prefer)",
+    )
+    add(
+        "--weight-streaming",
+        action="store_true",
+        help="build streamable weights (strongly typed: only for FP16 ONNX files such as inswapper_128_fp16)",
+    )
     add("--home", type=Path, default=None, help="livefuse home with the models ($LIVEFUSE_HOME or the default)")
     add("--engines", type=Path, default=None, metavar="DIR", help="where engines go (HOME/engines)")
     add("--device", type=int, default=0, help="CUDA device index (0)")
@@ -140,10 +158,19 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
     if args.device < 0:
         raise ConfigError(f"--device must be a CUDA device index (0, 1, ...), got {args.device}")
     return BuildOptions(
-        models=tuple(dict.fromkeys(args.models)), max_batch=args.max_batch, opt_batch=args.opt_batch,
-        opt_level=args.opt_level, workspace_gib=args.workspace_gib, image_size=args.image_size,
-        precision_constraints=args.precision_constraints, weight_streaming=args.weight_streaming,
-        home=args.home, engines_dir=args.engines, device=args.device, force=args.force, verbose=args.verbose,
+        models=tuple(dict.fromkeys(args.models)),
+        max_batch=args.max_batch,
+        opt_batch=args.opt_batch,
+        opt_level=args.opt_level,
+        workspace_gib=args.workspace_gib,
+        image_size=args.image_size,
+        precision_constraints=args.precision_constraints,
+        weight_streaming=args.weight_streaming,
+        home=args.home,
+        engines_dir=args.engines,
+        device=args.device,
+        force=args.force,
+        verbose=args.verbose,
     )
 
 
@@ -176,7 +203,11 @@ def _dim_range(dim: int | None, side: int) -> tuple[int, int, int]:
 
 
 def input_profiles(
-    model: str, inputs: Sequence[tuple[str, Sequence[int | None]]], max_batch: int, opt_batch: int, side: int,
+    model: str,
+    inputs: Sequence[tuple[str, Sequence[int | None]]],
+    max_batch: int,
+    opt_batch: int,
+    side: int,
 ) -> tuple[InputProfile, ...]:
     """A profile per input: batch ``1..max_batch`` (tuned for ``opt_batch``) where dim 0 is
     dynamic, the fixed batch where it is not; other dynamic dims (detectors' H and W) range
@@ -210,13 +241,28 @@ def plan_model(spec: ModelSpec, onnx_path: Path, onnx_sha256: str, options: Buil
             "model's FP16 export (e.g. inswapper_128_fp16) or build without --weight-streaming"
         )
     fp32 = {} if options.weight_streaming else fp32_nodes(graph)
-    return ModelPlan(spec, Path(onnx_path), onnx_sha256, profiles, dynamic, MappingProxyType(fp32),
-                     tuple(node_names(graph)), strongly_typed=options.weight_streaming)
+    return ModelPlan(
+        spec,
+        Path(onnx_path),
+        onnx_sha256,
+        profiles,
+        dynamic,
+        MappingProxyType(fp32),
+        tuple(node_names(graph)),
+        strongly_typed=options.weight_streaming,
+    )
 
 
 def make_record(
-    plan: ModelPlan, *, version: str, gpu: GpuInfo, options: BuildOptions, tensors: Sequence[EngineTensor],
-    fp32_layers: Sequence[str], build_seconds: float, built_at: datetime | None = None,
+    plan: ModelPlan,
+    *,
+    version: str,
+    gpu: GpuInfo,
+    options: BuildOptions,
+    tensors: Sequence[EngineTensor],
+    fp32_layers: Sequence[str],
+    build_seconds: float,
+    built_at: datetime | None = None,
 ) -> EngineRecord:
     """The record written next to the engine: what was built, for what, how and how long."""
     when = (built_at or datetime.now(timezone.utc)).astimezone(timezone.utc)

@@ -34,8 +34,9 @@ INSTANCE_NORM_DECOMPOSED = "instance-norm (decomposed)"
 ADAIN = "adain style modulation"
 
 #: Ops that move or reshape the style vector without computing on it.
-_MOVES = frozenset({"Reshape", "Split", "Slice", "Gather", "Squeeze", "Unsqueeze", "Flatten", "Transpose",
-                    "Identity", "Cast"})
+_MOVES = frozenset(
+    {"Reshape", "Split", "Slice", "Gather", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Identity", "Cast"}
+)
 #: Elementwise ops with one constant operand allowed on the style branch (``scale + 1``).
 _AFFINE = frozenset({"Add", "Sub", "Mul"})
 #: Where a style branch starts: the projection of the identity latent.
@@ -264,9 +265,7 @@ def owner_node(layer: str, metadata: str, nodes: frozenset[str]) -> str | None:
     return next((layer[:i] for i in cuts if layer[:i] in nodes), None)
 
 
-def layers_to_keep(
-    layers: Sequence[tuple[str, str]], fp32: Mapping[str, str], nodes: Iterable[str]
-) -> dict[str, str]:
+def layers_to_keep(layers: Sequence[tuple[str, str]], fp32: Mapping[str, str], nodes: Iterable[str]) -> dict[str, str]:
     """Layer name → ONNX node for the network ``layers`` (``(name, metadata)``, in order)
     whose node (one of the graph's ``nodes``, see :func:`owner_node`) is in ``fp32``."""
     known = frozenset(nodes) | frozenset(fp32)

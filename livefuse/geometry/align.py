@@ -29,8 +29,9 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 def crop(image: np.ndarray, matrix: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
     """The ``size``×``size`` aligned crop (``warpAffine`` reads only the pixels it needs)."""
-    return cv2.warpAffine(image, matrix, (size, size), dst=out, flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.warpAffine(
+        image, matrix, (size, size), dst=out, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
 
 
 def paste_region(
@@ -59,9 +60,7 @@ def paste_box(mask: np.ndarray, matrix: np.ndarray, shape: tuple[int, ...]) -> t
     return paste_region(cv2.invertAffineTransform(matrix), (x, y, w, h), shape)
 
 
-def paste_back(
-    frame: np.ndarray, face: np.ndarray, mask: np.ndarray, matrix: np.ndarray, scratch: Scratch
-) -> None:
+def paste_back(frame: np.ndarray, face: np.ndarray, mask: np.ndarray, matrix: np.ndarray, scratch: Scratch) -> None:
     """Blend the aligned ``face`` crop (uint8 BGR) into ``frame`` with ``mask`` (float32
     0..1, crop-sized, exactly 0 where nothing is pasted), warping only into the box the
     mask covers — never the whole frame. Pixels where the mask is 0 stay unchanged.
@@ -90,8 +89,15 @@ def paste_back(
     inverse[:, 2] -= (x0, y0)  # into the box's own coordinates
     warped = scratch.get("paste_warped", (h, w, 4), np.uint8)
     # Outside the crop: nothing to add, everything of the frame kept.
-    cv2.warpAffine(packed, inverse, (w, h), dst=warped, flags=cv2.INTER_LINEAR,
-                   borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 255))
+    cv2.warpAffine(
+        packed,
+        inverse,
+        (w, h),
+        dst=warped,
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0, 255),
+    )
     keep = scratch.get("paste_keep", (h, w, 3), np.uint8)
     alpha = warped[..., 3]
     cv2.merge([alpha, alpha, alpha], dst=keep)

@@ -32,9 +32,7 @@ def is_url(spec: str) -> bool:
 def check_output(output: Path, inputs: Iterable[str | os.PathLike[str]] = ()) -> None:
     """Raise ``OutputError`` (with the fix) when ``output`` cannot or must not be written."""
     if output.is_dir():
-        raise OutputError(
-            f"output {output} is an existing directory: give a file name, e.g. {output / 'out.mp4'}"
-        )
+        raise OutputError(f"output {output} is an existing directory: give a file name, e.g. {output / 'out.mp4'}")
     for spec in inputs:
         if not is_url(str(spec)) and _same_file(output, Path(spec)):
             raise OutputError(

@@ -103,9 +103,7 @@ class ReconnectingSource:
     :param retry_for_s: how long to keep trying before ``read`` raises ``SourceError``.
     """
 
-    def __init__(
-        self, inner: Source, retry_for_s: float = DEFAULT_RETRY_FOR_S, backoff: Backoff | None = None
-    ) -> None:
+    def __init__(self, inner: Source, retry_for_s: float = DEFAULT_RETRY_FOR_S, backoff: Backoff | None = None) -> None:
         if retry_for_s < 0:
             raise ValueError(f"retry_for_s must be at least 0, got {retry_for_s}")
         self.inner = inner
@@ -208,6 +206,12 @@ def mark_reconnecting(image: np.ndarray) -> None:
     image[h - band :] //= 3
     scale = band / 40
     cv2.putText(
-        image, "reconnecting...", (band // 2, h - band // 3), cv2.FONT_HERSHEY_SIMPLEX, scale,
-        (255, 255, 255), max(int(scale * 2), 1), cv2.LINE_AA,
+        image,
+        "reconnecting...",
+        (band // 2, h - band // 3),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        (255, 255, 255),
+        max(int(scale * 2), 1),
+        cv2.LINE_AA,
     )

@@ -192,9 +192,7 @@ class VideoFileSink:
     def _check_directory(self) -> None:
         parent = self.path.parent
         if not parent.is_dir():
-            raise OutputError(
-                f"cannot write {self.path}: directory {parent} does not exist; create it first"
-            )
+            raise OutputError(f"cannot write {self.path}: directory {parent} does not exist; create it first")
         if not os.access(parent, os.W_OK):
             raise OutputError(f"cannot write {self.path}: directory {parent} is not writable")
 
@@ -203,9 +201,7 @@ class VideoFileSink:
         errors = []
         for name in dict.fromkeys((self.codec, self.fallback_codec)):
             if name not in supported:
-                errors.append(
-                    f"{name}: the {self.path.suffix or 'output'} container does not take it"
-                )
+                errors.append(f"{name}: the {self.path.suffix or 'output'} container does not take it")
                 continue
             try:
                 stream = self._container.add_stream(name, rate=self._rate)
@@ -224,14 +220,10 @@ class VideoFileSink:
         stream.width, stream.height = info.width, info.height
         odd = info.width % 2 or info.height % 2
         stream.pix_fmt = "yuv444p" if odd and name == "libx264" else "yuv420p"
-        stream.options = dict(
-            self.options if self.options is not None else DEFAULT_CODEC_OPTIONS.get(name, {})
-        )
+        stream.options = dict(self.options if self.options is not None else DEFAULT_CODEC_OPTIONS.get(name, {}))
         if name == "mpeg4":
             # mpeg4's default 200 kbit/s is unwatchable; aim for ~0.15 bit per pixel.
-            stream.bit_rate = max(
-                2_000_000, int(info.width * info.height * float(self._rate) * 0.15)
-            )
+            stream.bit_rate = max(2_000_000, int(info.width * info.height * float(self._rate) * 0.15))
 
     def _pts(self, frame: Frame) -> int:
         """``frame``'s time in output ticks, strictly increasing.
@@ -271,12 +263,8 @@ class _AudioCopier:
         self._transcode = codec not in container.supported_codecs
         if self._transcode:
             target = "aac" if "aac" in container.supported_codecs else container.default_audio_codec
-            log.info(
-                "audio codec %s does not fit the output container: transcoding to %s", codec, target
-            )
-            self._out = container.add_stream(
-                target, rate=audio_in.rate, layout=_encodable_layout(audio_in.layout)
-            )
+            log.info("audio codec %s does not fit the output container: transcoding to %s", codec, target)
+            self._out = container.add_stream(target, rate=audio_in.rate, layout=_encodable_layout(audio_in.layout))
         else:
             self._out = container.add_stream_from_template(audio_in)
         self._packets: Iterator[Any] = iter(self._input.demux(audio_in))
@@ -402,18 +390,14 @@ class PreviewSink:
 
 def display_problem(system: str, environ: Mapping[str, str], cv2_build: str) -> str | None:
     """Why a preview window cannot be shown here, with the fix; None when it can."""
-    gui_line = next(
-        (line for line in cv2_build.splitlines() if line.strip().startswith("GUI:")), ""
-    )
+    gui_line = next((line for line in cv2_build.splitlines() if line.strip().startswith("GUI:")), "")
     if gui_line.split(":", 1)[-1].strip().upper() in ("", "NONE"):
         return (
             "cannot show a preview: this OpenCV build has no GUI support "
             "(opencv-python-headless). Run `pip uninstall -y opencv-python-headless && "
             "pip install opencv-python`, or run without the preview."
         )
-    if system not in ("Windows", "Darwin") and not (
-        environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY")
-    ):
+    if system not in ("Windows", "Darwin") and not (environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY")):
         return (
             "cannot show a preview: no display (DISPLAY and WAYLAND_DISPLAY are unset, as over "
             "SSH or in a container). Run from a desktop session or with `ssh -X`, or drop the "

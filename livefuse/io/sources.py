@@ -133,9 +133,7 @@ class _Grabber:
         self._error: Exception | None = None
         # Daemon on purpose: a driver call cannot be interrupted, and a device stuck in
         # one must not keep the process alive. Every other livefuse thread is joined.
-        self._thread = threading.Thread(
-            target=self._loop, name=f"livefuse-grab-{name}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._loop, name=f"livefuse-grab-{name}", daemon=True)
         self._thread.start()
 
     def grab(self, timeout: float) -> bool:
@@ -159,8 +157,7 @@ class _Grabber:
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning(
-                "%s is still blocked in the capture driver; the device is released when "
-                "that call returns",
+                "%s is still blocked in the capture driver; the device is released when that call returns",
                 self._thread.name,
             )
 
@@ -344,14 +341,10 @@ class CameraSource(_LiveSource):
     def _log_mismatch(self, cap: Capture) -> None:
         got = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
         if self.size is not None and got != tuple(self.size):
-            log.info(
-                "%s delivers %dx%d instead of the requested %dx%d", self.name, *got, *self.size
-            )
+            log.info("%s delivers %dx%d instead of the requested %dx%d", self.name, *got, *self.size)
         got_fps = cap.get(cv2.CAP_PROP_FPS)
         if self.fps is not None and got_fps and abs(got_fps - self.fps) > 0.5:
-            log.info(
-                "%s delivers %.1f fps instead of the requested %.1f", self.name, got_fps, self.fps
-            )
+            log.info("%s delivers %.1f fps instead of the requested %.1f", self.name, got_fps, self.fps)
 
     def _fallback_fps(self) -> float:
         return float(self.fps or 30.0)
@@ -468,9 +461,7 @@ class VideoFileSource:
     average rate (so an output written at that rate keeps the source's timing).
     """
 
-    def __init__(
-        self, path: str | os.PathLike[str], capture_factory: CaptureFactory | None = None
-    ) -> None:
+    def __init__(self, path: str | os.PathLike[str], capture_factory: CaptureFactory | None = None) -> None:
         # A URL (http://host/clip.mp4, rtsp://...) is read like a file: every frame, in order.
         self.url = str(path) if urlsplit(str(path)).scheme.lower() in STREAM_SCHEMES else None
         self.path = Path(path)
@@ -606,9 +597,7 @@ def _probe(path: Path | str) -> tuple[Fraction | None, int | None, bool]:
 class ImageSource:
     """A still image delivered ``repeat`` times (``None``: until stopped). Not live."""
 
-    def __init__(
-        self, path: str | os.PathLike[str], repeat: int | None = 1, fps: float = 1.0
-    ) -> None:
+    def __init__(self, path: str | os.PathLike[str], repeat: int | None = 1, fps: float = 1.0) -> None:
         if repeat is not None and repeat < 1:
             raise ValueError(f"repeat must be at least 1 or None, got {repeat}")
         self.path = Path(path)

@@ -15,9 +15,7 @@ from livefuse.pipeline.stages import SourceInfo
 
 log = logging.getLogger(__name__)
 
-LINUX_MODPROBE = (
-    'sudo modprobe v4l2loopback devices=1 video_nr=10 card_label="livefuse" exclusive_caps=1'
-)
+LINUX_MODPROBE = 'sudo modprobe v4l2loopback devices=1 video_nr=10 card_label="livefuse" exclusive_caps=1'
 
 
 class VirtualCameraSink:
@@ -112,9 +110,7 @@ def _import_pyvirtualcam() -> Any:
     try:
         import pyvirtualcam
     except ImportError as exc:
-        raise OutputError(
-            'virtual camera output needs pyvirtualcam: pip install "livefuse[vcam]"'
-        ) from exc
+        raise OutputError('virtual camera output needs pyvirtualcam: pip install "livefuse[vcam]"') from exc
     return pyvirtualcam
 
 

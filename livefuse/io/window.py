@@ -132,7 +132,7 @@ class WindowPreviewSink:
         if image is not None:
             photo = tkinter.PhotoImage(data=image, format="PPM")
             label.configure(image=photo)
-            label.image = photo  # type: ignore[attr-defined] - Tk drops an image nobody references
+            label.image = photo  # type: ignore[attr-defined]  # Tk drops an image nobody references
             self.shown += 1
         root.after(_POLL_MS, self._pump, root, label)
 

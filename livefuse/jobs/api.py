@@ -116,8 +116,11 @@ class JobsApi:
                 raise ApiError(400, f"unexpected form field {part.name!r}; send source, target and options")
         missing = [name for name in ("source", "target") if name not in got]
         if missing:
-            raise ApiError(400, f"missing form field(s) {', '.join(missing)}: send the face photo as 'source' "
-                           "and the video or image as 'target'")
+            raise ApiError(
+                400,
+                f"missing form field(s) {', '.join(missing)}: send the face photo as 'source' "
+                "and the video or image as 'target'",
+            )
         return got["source"], got["target"], options
 
     async def listing(self, request: web.Request) -> web.Response:
@@ -174,9 +177,7 @@ class JobsApi:
         if not await _blocking(path.is_file):
             raise ApiError(410, f"the result of job {job.id} is gone from the storage; submit the job again")
         # FileResponse answers Range requests and sends the file without blocking the loop.
-        return web.FileResponse(
-            path, headers={"Content-Disposition": f'attachment; filename="{job.download_name}"'}
-        )
+        return web.FileResponse(path, headers={"Content-Disposition": f'attachment; filename="{job.download_name}"'})
 
     async def delete(self, request: web.Request) -> web.Response:
         job, deleted = await _blocking(self.service.delete, _job_id(request))

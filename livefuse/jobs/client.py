@@ -91,7 +91,11 @@ class JobsClient:
         return output
 
     def _request(
-        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
         stream: bool = False,
     ) -> http.client.HTTPResponse:
         url = urlsplit(self.server)

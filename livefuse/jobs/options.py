@@ -13,10 +13,24 @@ from livefuse.errors import ConfigError
 #: What a job may change: how the swap looks and how often faces are looked for. Paths on the
 #: server (source, map, home), the detector, devices and runtimes stay the operator's: the
 #: warm models are shared by every job.
-JOB_OPTIONS = frozenset({
-    "swapper", "enhancer", "enhance_every", "enhance_strength", "mask", "faces", "map_threshold",
-    "sharpness", "keep_mouth", "opacity", "colour", "detect_every", "max_faces", "smooth",
-})
+JOB_OPTIONS = frozenset(
+    {
+        "swapper",
+        "enhancer",
+        "enhance_every",
+        "enhance_strength",
+        "mask",
+        "faces",
+        "map_threshold",
+        "sharpness",
+        "keep_mouth",
+        "opacity",
+        "colour",
+        "detect_every",
+        "max_faces",
+        "smooth",
+    }
+)
 #: The CLI's negative flags, as options: {"no_colour": true} is {"colour": false}.
 _NEGATED = {"no_colour": "colour", "no_smooth": "smooth"}
 
@@ -30,9 +44,7 @@ def normalise_options(options: dict[str, Any]) -> dict[str, Any]:
         if key in _NEGATED:
             key, value = _NEGATED[key], not _truthy(value)
         if key not in JOB_OPTIONS:
-            raise ConfigError(
-                f"job option {raw!r} is not one a job can set; use {', '.join(sorted(JOB_OPTIONS))}"
-            )
+            raise ConfigError(f"job option {raw!r} is not one a job can set; use {', '.join(sorted(JOB_OPTIONS))}")
         if key == "faces" and value == "map":
             raise ConfigError("job option faces=map needs reference photos on the server; use one or many")
         out[key] = value

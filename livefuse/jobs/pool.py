@@ -119,7 +119,10 @@ class WorkerPool:
         log.info("job %s: started (attempt %d)", job.id, job.attempts)
         try:
             state, error, result = execute(
-                self.engine, self.settings, self.files, job,
+                self.engine,
+                self.settings,
+                self.files,
+                job,
                 lambda p: self.store.set_progress(job.id, p),
                 lambda: cancel.is_set() or self._stop.is_set(),
                 self.pause,

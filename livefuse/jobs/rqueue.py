@@ -90,9 +90,15 @@ class RedisBackend:
     def submit(self, job: Job) -> None:
         _queue(self.redis).enqueue(
             "livefuse.jobs.rqueue.perform",
-            job.id, job.source_name, job.target_name, job.options,
-            job_id=job.id, retry=Retry(max=MAX_RETRIES), job_timeout=JOB_TIMEOUT_S,
-            result_ttl=_KEEP_S, failure_ttl=_KEEP_S,
+            job.id,
+            job.source_name,
+            job.target_name,
+            job.options,
+            job_id=job.id,
+            retry=Retry(max=MAX_RETRIES),
+            job_timeout=JOB_TIMEOUT_S,
+            result_ttl=_KEEP_S,
+            failure_ttl=_KEEP_S,
         )
 
     def cancel(self, job_id: str) -> None:
@@ -168,8 +174,7 @@ def perform(job_id: str, source_name: str, target_name: str, options: dict[str, 
     ctx = _CONTEXT.get()
     rq_job = get_current_job()
     assert rq_job is not None
-    rq_job.meta.update(attempt=int(rq_job.meta.get("attempt", 0)) + 1, done=0, total=None, fps=0.0,
-                       worker=os.getpid())
+    rq_job.meta.update(attempt=int(rq_job.meta.get("attempt", 0)) + 1, done=0, total=None, fps=0.0, worker=os.getpid())
     rq_job.save_meta()
 
     def report(p: Progress) -> None:
@@ -189,8 +194,14 @@ class LivefuseWorker(SimpleWorker):
     otherwise beats only between jobs) and the job's context set."""
 
     def __init__(self, queues: list[Queue], context: WorkerContext, **kwargs: Any) -> None:
-        super().__init__(queues, connection=context.redis, serializer=JSONSerializer,
-                         maintenance_interval=MAINTENANCE_S, worker_ttl=16, **kwargs)
+        super().__init__(
+            queues,
+            connection=context.redis,
+            serializer=JSONSerializer,
+            maintenance_interval=MAINTENANCE_S,
+            worker_ttl=16,
+            **kwargs,
+        )
         self.context = context
 
     def subscribe(self) -> None:

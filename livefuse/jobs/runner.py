@@ -138,7 +138,8 @@ def run_job(
     a = settings.analysis
     # Inline detection, as files have: the same output every time.
     tracker = FaceTracker(
-        engine.detector(), engine.landmarker(),
+        engine.detector(),
+        engine.landmarker(),
         TrackerConfig(detect_every=a.detect_every, max_faces=a.max_faces, smooth=a.smooth, background=False),
     )
     seal = file_sealer(settings)  # loads the signing key before any work

@@ -76,8 +76,15 @@ class Upload:
 class JobService:
     """Submitting and managing jobs; ``backend`` runs them."""
 
-    def __init__(self, store: JobStore, files: JobFiles, backend: Backend, engine: Engine, settings: Settings,
-                 retention_s: float = RETENTION_S) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        files: JobFiles,
+        backend: Backend,
+        engine: Engine,
+        settings: Settings,
+        retention_s: float = RETENTION_S,
+    ) -> None:
         self.store, self.files, self.backend = store, files, backend
         self.engine, self.settings = engine, settings
         self.retention_s = retention_s
@@ -147,7 +154,7 @@ def parse_options(text: str | None) -> dict[str, Any]:
     try:
         options = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ApiError(400, f"options is not valid JSON ({exc}); send e.g. {{\"keep_mouth\": true}}") from None
+        raise ApiError(400, f'options is not valid JSON ({exc}); send e.g. {{"keep_mouth": true}}') from None
     if not isinstance(options, dict):
-        raise ApiError(400, "options must be a JSON object, e.g. {\"keep_mouth\": true}")
+        raise ApiError(400, 'options must be a JSON object, e.g. {"keep_mouth": true}')
     return options

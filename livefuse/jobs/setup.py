@@ -31,7 +31,11 @@ def jobs_api(config: JobsConfig, settings: Settings, engine: Engine, live_sessio
         backend = RedisBackend(config.queue, store)
     else:
         backend = WorkerPool(
-            store, files, engine, settings, config.workers,
+            store,
+            files,
+            engine,
+            settings,
+            config.workers,
             pause=lambda: LIVE_PAUSE_S if live_sessions() else 0.0,
         )
     return JobsApi(JobService(store, files, backend, engine, settings, config.retention_s))

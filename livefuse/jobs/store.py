@@ -48,12 +48,40 @@ _COLUMNS = (
 
 
 def _job(row: tuple[Any, ...]) -> Job:
-    (id_, state, source, target, options, done, total, fps, first, error, created, started, finished,
-     result, download, attempts, cancel, _seq) = row
+    (
+        id_,
+        state,
+        source,
+        target,
+        options,
+        done,
+        total,
+        fps,
+        first,
+        error,
+        created,
+        started,
+        finished,
+        result,
+        download,
+        attempts,
+        cancel,
+        _seq,
+    ) = row
     return Job(
-        id=id_, state=JobState(state), source_name=source, target_name=target, options=json.loads(options),
-        progress=Progress(done, total, fps, first), error=error, created=created, started=started,
-        finished=finished, result_name=result, download_name=download, attempts=attempts,
+        id=id_,
+        state=JobState(state),
+        source_name=source,
+        target_name=target,
+        options=json.loads(options),
+        progress=Progress(done, total, fps, first),
+        error=error,
+        created=created,
+        started=started,
+        finished=finished,
+        result_name=result,
+        download_name=download,
+        attempts=attempts,
         cancel_requested=bool(cancel),
     )
 
@@ -131,8 +159,16 @@ class JobStore:
             db.execute(
                 "INSERT INTO jobs (id, state, source_name, target_name, options, created, download_name, total) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (job.id, job.state.value, job.source_name, job.target_name, json.dumps(job.options),
-                 job.created, job.download_name, job.progress.total),
+                (
+                    job.id,
+                    job.state.value,
+                    job.source_name,
+                    job.target_name,
+                    json.dumps(job.options),
+                    job.created,
+                    job.download_name,
+                    job.progress.total,
+                ),
             )
 
     def claim_next(self) -> Job | None:

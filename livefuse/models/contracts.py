@@ -113,10 +113,7 @@ def contract_problem(spec: ModelSpec, signature: Signature) -> str | None:
         ("outputs", _outputs_fit(spec, signature.outputs), signature.outputs, spec.outputs),
     ):
         if not fits:
-            return (
-                f"its {kind} are {[g.text() for g in got]} but the manifest says "
-                f"{_want_text(want)}"
-            )
+            return f"its {kind} are {[g.text() for g in got]} but the manifest says {_want_text(want)}"
     return None
 
 
@@ -171,9 +168,7 @@ def _graph_emap_problem(graph: Any) -> str | None:
     return None
 
 
-_FAMILY_CHECKS: Mapping[str, Callable[[bytes | Path], str | None]] = MappingProxyType(
-    {"inswapper": _emap_problem}
-)
+_FAMILY_CHECKS: Mapping[str, Callable[[bytes | Path], str | None]] = MappingProxyType({"inswapper": _emap_problem})
 
 
 def load_emap(path: Path) -> Any:
@@ -203,5 +198,3 @@ def looks_like(manifest: Mapping[str, ModelSpec], signature: Signature) -> str:
     ins = [t.text() for t in signature.inputs]
     outs = [t.text() for t in signature.outputs]
     return f"the file has inputs {ins} and outputs {outs}, which fit no model livefuse knows"
-
-

@@ -100,10 +100,7 @@ def fetch(
 def _check_url(job: Fetch) -> None:
     scheme = urllib.parse.urlsplit(job.url).scheme
     if scheme not in ("http", "https"):
-        raise ModelError(
-            f"{job.what}: {job.url!r} is not an http(s) URL, so livefuse cannot download it; "
-            f"{job.manual}"
-        )
+        raise ModelError(f"{job.what}: {job.url!r} is not an http(s) URL, so livefuse cannot download it; {job.manual}")
 
 
 def _size(path: Path) -> int:
@@ -113,9 +110,7 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _transfer_with_retries(
-    job: Fetch, part: Path, opts: HttpOptions, say: Log, progress: Progress | None
-) -> None:
+def _transfer_with_retries(job: Fetch, part: Path, opts: HttpOptions, say: Log, progress: Progress | None) -> None:
     attempt = 0
     while True:
         before = _size(part)
@@ -140,9 +135,7 @@ def _stopped_message(job: Fetch, got: int, reason: str) -> str:
     )
 
 
-def _transfer(
-    job: Fetch, part: Path, opts: HttpOptions, say: Log, progress: Progress | None
-) -> None:
+def _transfer(job: Fetch, part: Path, opts: HttpOptions, say: Log, progress: Progress | None) -> None:
     """One attempt: request what is missing and append it to ``part``."""
     have = _size(part)
     if job.size is not None and have == job.size:

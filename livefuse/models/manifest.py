@@ -194,9 +194,7 @@ class ModelStatus:
 
 
 def is_sha256(value: object) -> bool:
-    return (
-        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
-    )
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def _contract(raw: Mapping[str, Any]) -> TensorContract:
@@ -230,9 +228,7 @@ def package_source(raw: Mapping[str, Any]) -> PackageSource:
 
 def url_source(raw: Mapping[str, Any]) -> UrlSource:
     """Parse a ``kind = "url"`` source table. Raises ``KeyError``/``ValueError`` when malformed."""
-    source = UrlSource(
-        url=str(raw["url"]), file=str(raw["file"]), size=int(raw["size"]), sha256=raw["sha256"]
-    )
+    source = UrlSource(url=str(raw["url"]), file=str(raw["file"]), size=int(raw["size"]), sha256=raw["sha256"])
     if urlsplit(source.url).scheme not in ("http", "https") or "/" in source.file or source.size <= 0:
         raise ValueError(f"bad url source {dict(raw)}")
     if source.sha256 and not is_sha256(source.sha256):
@@ -345,9 +341,7 @@ def _parse(text: str | None) -> dict[str, Any]:
     try:
         return tomllib.loads(_manifest_text(text))
     except tomllib.TOMLDecodeError as exc:
-        raise ModelError(
-            f"the model manifest is malformed (TOMLDecodeError: {exc}); reinstall livefuse"
-        ) from exc
+        raise ModelError(f"the model manifest is malformed (TOMLDecodeError: {exc}); reinstall livefuse") from exc
 
 
 def load_templates(text: str | None = None) -> Templates:
@@ -355,9 +349,7 @@ def load_templates(text: str | None = None) -> Templates:
     try:
         return _templates(_parse(text).get("templates", {}))
     except (KeyError, TypeError, ValueError) as exc:
-        raise ModelError(
-            f"the model manifest is malformed ({type(exc).__name__}: {exc}); reinstall livefuse"
-        ) from exc
+        raise ModelError(f"the model manifest is malformed ({type(exc).__name__}: {exc}); reinstall livefuse") from exc
 
 
 def load_manifest(text: str | None = None) -> Mapping[str, ModelSpec]:
@@ -372,9 +364,7 @@ def load_manifest(text: str | None = None) -> Mapping[str, ModelSpec]:
                 raise ValueError(f"{spec.name} names unknown recognizer {spec.io.recognizer!r}")
         return MappingProxyType(specs)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ModelError(
-            f"the model manifest is malformed ({type(exc).__name__}: {exc}); reinstall livefuse"
-        ) from exc
+        raise ModelError(f"the model manifest is malformed ({type(exc).__name__}: {exc}); reinstall livefuse") from exc
 
 
 def _toml(value: object) -> str:

@@ -74,9 +74,7 @@ def parse_local_records(text: str) -> dict[str, LocalRecord]:
     """Parse ``local.toml``. Raises ``KeyError``/``TypeError``/``ValueError`` when malformed."""
     out = {}
     for name, raw in tomllib.loads(text).get("models", {}).items():
-        record = LocalRecord(
-            sha256=raw["sha256"], size=int(raw["size"]), source=raw["source"], added=raw["added"]
-        )
+        record = LocalRecord(sha256=raw["sha256"], size=int(raw["size"]), source=raw["source"], added=raw["added"])
         if not is_sha256(record.sha256):
             raise ValueError(f"bad sha256 for {name!r}")
         out[name] = record
@@ -115,9 +113,7 @@ class ModelStore:
         try:
             return self.manifest[name]
         except KeyError:
-            raise ModelError(
-                f"there is no model named {name!r}; the models are: {', '.join(self.manifest)}"
-            ) from None
+            raise ModelError(f"there is no model named {name!r}; the models are: {', '.join(self.manifest)}") from None
 
     def file(self, spec: ModelSpec) -> Path:
         """Where ``spec``'s file is (or would be) installed."""
@@ -169,20 +165,14 @@ class ModelStore:
             if spec.sha256
             else f"download {spec.source.url} by hand"
         )
-        mesh = (
-            "; until then the built-in '--swapper mesh' needs no neural model"
-            if spec.role == "swapper"
-            else ""
-        )
+        mesh = "; until then the built-in '--swapper mesh' needs no neural model" if spec.role == "swapper" else ""
         return (
             f"model {spec.name!r} ({spec.role}, {spec.license}) is not installed (no {path}); it "
             f"is optional: {get}, or register a copy you already have with 'livefuse models add "
             f"{spec.name} PATH'{mesh}"
         )
 
-    def _bad_file_message(
-        self, spec: ModelSpec, path: Path, digest: str, accepted: tuple[str, ...]
-    ) -> str:
+    def _bad_file_message(self, spec: ModelSpec, path: Path, digest: str, accepted: tuple[str, ...]) -> str:
         if not accepted:
             return (
                 f"model {spec.name!r}: {path} was not registered and livefuse pins no sha256 for "

@@ -135,9 +135,7 @@ class Metrics:
         """Frames recorded by ``frame_out``."""
         return self._recorded
 
-    def snapshot(
-        self, *, dropped: int = 0, detector_calls: int = 0, extra: dict[str, float] | None = None
-    ) -> RunStats:
+    def snapshot(self, *, dropped: int = 0, detector_calls: int = 0, extra: dict[str, float] | None = None) -> RunStats:
         """The stats so far (or of the whole run once ``stop`` was called)."""
         with self._lock:
             n = min(self._recorded, self._window)

@@ -220,8 +220,7 @@ class Pipeline:
         self._pool = pool = FramePool(self.pool_slots, info.height, info.width)
         names = ("analyze", "swap", "output")
         self._queues = [
-            FrameQueue(self.queue_size, policy, on_drop=lambda f: pool.release(f.image), name=n)
-            for n in names
+            FrameQueue(self.queue_size, policy, on_drop=lambda f: pool.release(f.image), name=n) for n in names
         ]
         q_analyze, q_swap, q_output = self._queues
         targets: list[tuple[str, Callable[[], None]]] = [
@@ -231,8 +230,7 @@ class Pipeline:
             ("output", lambda: self._output(q_output)),
         ]
         self._threads = [
-            threading.Thread(target=self._guard, args=(stage, fn), name=f"livefuse-{stage}")
-            for stage, fn in targets
+            threading.Thread(target=self._guard, args=(stage, fn), name=f"livefuse-{stage}") for stage, fn in targets
         ]
 
     # -- threads ------------------------------------------------------------------------
@@ -285,9 +283,7 @@ class Pipeline:
                 frame.stamps[key] = time.monotonic_ns()
                 yield frame
 
-    def _work(
-        self, inbox: FrameQueue[Frame], out: FrameQueue[Frame], step: Callable[[Frame], None]
-    ) -> None:
+    def _work(self, inbox: FrameQueue[Frame], out: FrameQueue[Frame], step: Callable[[Frame], None]) -> None:
         for frame in self._frames(inbox):
             step(frame)
             if not self._hand_on(out, frame):

@@ -128,9 +128,7 @@ def signable(path: Path) -> bool:
     return path.suffix.lower() in SIGNABLE
 
 
-def sign_output(
-    path: str | os.PathLike[str], facts: OutputFacts, key: SigningKey, title: str | None = None
-) -> None:
+def sign_output(path: str | os.PathLike[str], facts: OutputFacts, key: SigningKey, title: str | None = None) -> None:
     """Embed signed content credentials in the file at ``path``, in place and atomically.
 
     ``title`` is the name the manifest gives the file (default: ``path``'s own name; a
@@ -241,7 +239,8 @@ def _verdict(path: Path, report: dict[str, Any], state: str, trusted: bool) -> V
     ]
     statuses = report.get("validation_status") or []
     problems = tuple(
-        f"{s.get('code')}: {s.get('explanation', '')}" for s in statuses
+        f"{s.get('code')}: {s.get('explanation', '')}"
+        for s in statuses
         if s.get("code") != "signingCredential.untrusted"
     )
     return Verdict(
@@ -264,6 +263,10 @@ def _describe(action: dict[str, Any]) -> str:
     agent_name = agent.get("name") if isinstance(agent, dict) else agent
     source = str(action.get("digitalSourceType", "")).rsplit("/", 1)[-1]
     parameters = ", ".join(f"{k}={v}" for k, v in (action.get("parameters") or {}).items())
-    parts = [str(action.get("action")), f"by {agent_name}" if agent_name else "", f"({source})" if source else "",
-             f"[{parameters}]" if parameters else ""]
+    parts = [
+        str(action.get("action")),
+        f"by {agent_name}" if agent_name else "",
+        f"({source})" if source else "",
+        f"[{parameters}]" if parameters else "",
+    ]
     return " ".join(p for p in parts if p)

@@ -119,8 +119,14 @@ def _tensorrt_runner(spec: ModelSpec, onnx_sha256: str, engines_dir: Path, optio
     from livefuse.runtime.trt import TrtRunner
 
     # The runner finds the engine itself, as the choice did: by the installed file's hash.
-    return TrtRunner(spec, engines_dir, onnx_sha256=onnx_sha256, weight_budget=options.vram_budget or None,
-                     device=options.device_id, name=spec.name)
+    return TrtRunner(
+        spec,
+        engines_dir,
+        onnx_sha256=onnx_sha256,
+        weight_budget=options.vram_budget or None,
+        device=options.device_id,
+        name=spec.name,
+    )
 
 
 def _fix(backend: Backend, model: str, facts: RuntimeFacts) -> str:
@@ -183,8 +189,9 @@ class RunnerFactory:
             except (ImportError, LivefuseError, RuntimeError, OSError) as exc:
                 if choice.backend is Backend.CPU:
                     raise
-                log.warning("model %s: %s cannot be used (%s); trying the next backend",
-                            spec.name, choice.backend.value, exc)
+                log.warning(
+                    "model %s: %s cannot be used (%s); trying the next backend", spec.name, choice.backend.value, exc
+                )
                 allowed.discard(choice.backend)
 
     def _forced(self, spec: ModelSpec, onnx: Path, facts: RuntimeFacts, backend: Backend) -> Runner:
@@ -213,9 +220,14 @@ class RunnerFactory:
         if choice.backend is Backend.TENSORRT:
             return _tensorrt_runner(spec, self._sha256(onnx), self.engines_dir, o)
         if choice.backend is Backend.TORCH_CUDA:
-            return TorchRunner(onnx, name=choice.model, device=f"cuda:{o.device_id}", fp16=True,
-                               vram_budget=o.vram_budget)
+            return TorchRunner(
+                onnx, name=choice.model, device=f"cuda:{o.device_id}", fp16=True, vram_budget=o.vram_budget
+            )
         providers, provider_options = ort_config(choice, o)
-        return OrtRunner(onnx, name=choice.model, providers=providers or None, threads=o.threads,
-                         provider_options=provider_options or None)
-
+        return OrtRunner(
+            onnx,
+            name=choice.model,
+            providers=providers or None,
+            threads=o.threads,
+            provider_options=provider_options or None,
+        )

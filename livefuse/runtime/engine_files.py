@@ -244,9 +244,9 @@ def _tensor(raw: Mapping[str, Any]) -> EngineTensor:
     return EngineTensor(str(raw["name"]), bool(raw["is_input"]), str(raw["dtype"]), _ints(raw["shape"]))
 
 
-def batch_profiles(inputs: Sequence[tuple[str, Sequence[int]]], max_batch: int, opt_batch: int = 1) -> tuple[
-    InputProfile, ...
-]:
+def batch_profiles(
+    inputs: Sequence[tuple[str, Sequence[int]]], max_batch: int, opt_batch: int = 1
+) -> tuple[InputProfile, ...]:
     """Profiles for a batch of ``1..max_batch`` faces: dim 0 varies, the other dims are fixed.
 
     ``inputs`` are ``(name, shape)`` with the shape of one face (its batch dim is replaced).
@@ -254,8 +254,7 @@ def batch_profiles(inputs: Sequence[tuple[str, Sequence[int]]], max_batch: int, 
     if not 1 <= opt_batch <= max_batch:
         raise ValueError(f"need 1 <= opt_batch <= max_batch, got {opt_batch} and {max_batch}")
     return tuple(
-        InputProfile(name, (1, *shape[1:]), (opt_batch, *shape[1:]), (max_batch, *shape[1:]))
-        for name, shape in inputs
+        InputProfile(name, (1, *shape[1:]), (opt_batch, *shape[1:]), (max_batch, *shape[1:])) for name, shape in inputs
     )
 
 
@@ -328,11 +327,14 @@ def _file_problems(match: EngineMatch, batch: int) -> list[str]:
     size = match.path.stat().st_size
     out = []
     if match.record.engine_bytes and size != match.record.engine_bytes:
-        out.append(f"the engine file is truncated or was modified ({size} bytes, its record says "
-                   f"{match.record.engine_bytes})")
+        out.append(
+            f"the engine file is truncated or was modified ({size} bytes, its record says {match.record.engine_bytes})"
+        )
     if batch > match.record.max_batch:
-        out.append(f"it takes at most {match.record.max_batch} faces per call, {batch} are needed "
-                   f"(build it with a larger --max-batch)")
+        out.append(
+            f"it takes at most {match.record.max_batch} faces per call, {batch} are needed "
+            f"(build it with a larger --max-batch)"
+        )
     return out
 
 
@@ -409,7 +411,9 @@ def read_engine(match: EngineMatch) -> bytes:
         raise _mismatch(
             match.record.key,
             match.path,
-            [f"the engine file is corrupt or was modified (sha256 {short(digest)}, its record says "
-             f"{short(match.record.engine_sha256)})"],
+            [
+                f"the engine file is corrupt or was modified (sha256 {short(digest)}, its record says "
+                f"{short(match.record.engine_sha256)})"
+            ],
         )
     return data

@@ -169,8 +169,13 @@ def _ort_cuda_choice(model: str, facts: RuntimeFacts, engines_dir: Path | None) 
     providers += ("CUDAExecutionProvider", "CPUExecutionProvider")
     if trt_ep:
         cache = ort_trt_cache_dir(engines_dir, model) if engines_dir is not None else None
-        return Choice(model, Backend.ORT_CUDA, "TensorRT provider with its prebuilt engine cache, CUDA behind it",
-                      ort_providers=providers, ort_trt_cache=cache)
+        return Choice(
+            model,
+            Backend.ORT_CUDA,
+            "TensorRT provider with its prebuilt engine cache, CUDA behind it",
+            ort_providers=providers,
+            ort_trt_cache=cache,
+        )
     # ORT's TensorRT provider without a cache would build engines at session start: never live.
     return Choice(model, Backend.ORT_CUDA, "CUDA provider", ort_providers=providers)
 
@@ -208,7 +213,9 @@ def choose(
 
 
 def choose_all(
-    models: Sequence[str], facts: RuntimeFacts, allowed: Collection[Backend] | None = None,
+    models: Sequence[str],
+    facts: RuntimeFacts,
+    allowed: Collection[Backend] | None = None,
     engines_dir: Path | None = None,
 ) -> dict[str, Choice]:
     """:func:`choose` for each model."""
@@ -281,7 +288,10 @@ def _tensorrt() -> tuple[str | None, str]:
 
 
 def _engines(
-    models: Sequence[tuple[ModelSpec, Path]], trt: str | None, cc: ComputeCapability | None, engines_dir: Path,
+    models: Sequence[tuple[ModelSpec, Path]],
+    trt: str | None,
+    cc: ComputeCapability | None,
+    engines_dir: Path,
     sha256: Callable[[Path], str],
 ) -> tuple[dict[str, Path], dict[str, str]]:
     found: dict[str, Path] = {}
@@ -303,7 +313,9 @@ def _ort_providers() -> tuple[str, ...]:
 
 
 def add_models(
-    facts: RuntimeFacts, models: Sequence[tuple[ModelSpec, Path]], engines_dir: Path,
+    facts: RuntimeFacts,
+    models: Sequence[tuple[ModelSpec, Path]],
+    engines_dir: Path,
     sha256: Callable[[Path], str] = sha256_file,
 ) -> RuntimeFacts:
     """``facts`` with the TensorRT engines and ORT-TensorRT caches of ``models`` (spec, ONNX file) added.

@@ -238,9 +238,7 @@ class TorchRunner(Runner):
         try:
             return np.asarray(feeds[name])
         except KeyError:
-            raise ValueError(
-                f"model {self.name!r} needs input {name!r}; got {', '.join(feeds) or 'none'}"
-            ) from None
+            raise ValueError(f"model {self.name!r} needs input {name!r}; got {', '.join(feeds) or 'none'}") from None
 
     def _buffers_for(self, arrays: Sequence[np.ndarray]) -> _Buffers:
         key = tuple(a.shape for a in arrays)
@@ -261,8 +259,10 @@ class TorchRunner(Runner):
     def _outputs_of(self, result: Any) -> list[Any]:
         outs = list(result) if isinstance(result, (tuple, list)) else [result]
         if len(outs) != len(self._outputs):
-            raise ModelError(f"model {self.name!r}: torch module gave {len(outs)} outputs, the ONNX file declares "
-                             f"{len(self._outputs)}")
+            raise ModelError(
+                f"model {self.name!r}: torch module gave {len(outs)} outputs, the ONNX file declares "
+                f"{len(self._outputs)}"
+            )
         return outs
 
     # ------------------------------------------------------------------ device memory
@@ -277,8 +277,11 @@ class TorchRunner(Runner):
         buffers = self._buffers_for(self._shapes_for(batch))
         torch = self._torch
         cuda = self._device.type == "cuda"
-        context = torch.cuda.stream(torch.cuda.ExternalStream(int(getattr(stream, "handle", stream)))) if cuda else (
-            contextlib.nullcontext())
+        context = (
+            torch.cuda.stream(torch.cuda.ExternalStream(int(getattr(stream, "handle", stream))))
+            if cuda
+            else (contextlib.nullcontext())
+        )
         with context, torch.no_grad():
             for dev, spec, dtype in zip(buffers.dev_in, self._inputs, self._in_dtypes, strict=True):
                 dev.copy_(self._wrap(inputs[spec.name], tuple(dev.shape), dtype))
@@ -299,11 +302,15 @@ class TorchRunner(Runner):
             for spec in self._inputs:
                 rest = [d for d in spec.shape[1:] if isinstance(d, int)]
                 if len(rest) != len(spec.shape) - 1:
-                    raise ModelError(f"model {self.name!r}: input {spec.name!r} {spec.shape} has free dims "
-                                     "past the batch; it cannot run on caller-owned buffers")
+                    raise ModelError(
+                        f"model {self.name!r}: input {spec.name!r} {spec.shape} has free dims "
+                        "past the batch; it cannot run on caller-owned buffers"
+                    )
                 shapes.append((batch, *rest))
-            self._shapes_of[batch] = [np.lib.stride_tricks.as_strided(np.zeros(1, dt), shape, [0] * len(shape))
-                                      for shape, dt in zip(shapes, self._in_dtypes, strict=True)]
+            self._shapes_of[batch] = [
+                np.lib.stride_tricks.as_strided(np.zeros(1, dt), shape, [0] * len(shape))
+                for shape, dt in zip(shapes, self._in_dtypes, strict=True)
+            ]
         return self._shapes_of[batch]
 
     def _wrap(self, address: int, shape: tuple[int, ...], dtype: np.dtype) -> Any:

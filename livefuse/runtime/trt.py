@@ -53,9 +53,18 @@ class TrtRunner(Runner):
     """
 
     def __init__(
-        self, spec: ModelSpec, engines_dir: Path, *, onnx_sha256: str | None = None, max_batch: int | None = None,
-        weight_budget: int | None = None, device: int = 0, name: str | None = None, trt: Any = None,
-        gpu: GpuOps | None = None, cc: ComputeCapability | None = None,
+        self,
+        spec: ModelSpec,
+        engines_dir: Path,
+        *,
+        onnx_sha256: str | None = None,
+        max_batch: int | None = None,
+        weight_budget: int | None = None,
+        device: int = 0,
+        name: str | None = None,
+        trt: Any = None,
+        gpu: GpuOps | None = None,
+        cc: ComputeCapability | None = None,
     ) -> None:
         super().__init__(name or spec.name)
         if max_batch is not None and max_batch < 1:
@@ -108,22 +117,27 @@ class TrtRunner(Runner):
         self._trt = trt = self._trt_arg if self._trt_arg is not None else import_tensorrt()
         cc = self._cc if self._cc is not None else local_gpu(self._device).cc
         self._gpu = self._gpu_arg if self._gpu_arg is not None else cuda_module().CudaDevice(self._device)
-        match = find_engine(self.spec, trt_version(trt.__version__), cc, self.engines_dir,
-                            onnx_sha256=self._sha, batch=self._want or 1)
+        match = find_engine(
+            self.spec, trt_version(trt.__version__), cc, self.engines_dir, onnx_sha256=self._sha, batch=self._want or 1
+        )
         self.engine_path, self.record = match.path, match.record
         self.capacity = self._want or match.record.max_batch
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(read_engine(match))
         if self._engine is None:
-            raise EngineError(f"TensorRT could not load the engine {match.path} (its log above says why: a changed "
-                              f"TensorRT, driver or GPU); rebuild it: {build_command(self.spec.name)}")
+            raise EngineError(
+                f"TensorRT could not load the engine {match.path} (its log above says why: a changed "
+                f"TensorRT, driver or GPU); rebuild it: {build_command(self.spec.name)}"
+            )
         self._set_weight_budget()
         self._context = self._engine.create_execution_context()
         if self._context is None:
-            raise EngineError(f"TensorRT could not create an execution context for {match.path}: the GPU is "
-                              f"probably out of memory (it needs {activation_bytes(self._engine) >> 20} MiB); "
-                              "close other GPU programs or build with a smaller --max-batch")
+            raise EngineError(
+                f"TensorRT could not create an execution context for {match.path}: the GPU is "
+                f"probably out of memory (it needs {activation_bytes(self._engine) >> 20} MiB); "
+                "close other GPU programs or build with a smaller --max-batch"
+            )
 
     def _set_weight_budget(self) -> None:
         if self._budget is None:
@@ -142,16 +156,20 @@ class TrtRunner(Runner):
         trt, engine = self._trt, self._engine
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
-            io = Io(name, engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
-                    np.dtype(trt.nptype(engine.get_tensor_dtype(name))),
-                    tuple(int(d) for d in engine.get_tensor_shape(name)))
+            io = Io(
+                name,
+                engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+                np.dtype(trt.nptype(engine.get_tensor_dtype(name))),
+                tuple(int(d) for d in engine.get_tensor_shape(name)),
+            )
             if io.is_input and io.dynamic:
                 low, _, high = engine.get_tensor_profile_shape(name, 0)
                 io.bounds(tuple(int(d) for d in low), tuple(int(d) for d in high), self.capacity)
             (self._inputs if io.is_input else self._outputs).append(io)
         self._batched_at = next((k for k, io in enumerate(self._inputs) if io.batched), None)
-        self._batches = [self._shapes(tuple(io.batch_shape(b) for io in self._inputs))
-                         for b in range(1, self.capacity + 1)]
+        self._batches = [
+            self._shapes(tuple(io.batch_shape(b) for io in self._inputs)) for b in range(1, self.capacity + 1)
+        ]
 
     def _shapes(self, key: tuple[tuple[int, ...], ...]) -> Shapes:
         """The output shapes TensorRT infers for input shapes ``key`` (set on the context)."""
@@ -159,8 +177,10 @@ class TrtRunner(Runner):
         outputs = tuple(tuple(int(d) for d in self._context.get_tensor_shape(io.name)) for io in self._outputs)
         for io, shape in zip(self._outputs, outputs):
             if -1 in shape:
-                raise EngineError(f"output {io.name!r} of {self.engine_path} has a data-dependent shape {shape}; "
-                                  "livefuse preallocates outputs and cannot run this engine")
+                raise EngineError(
+                    f"output {io.name!r} of {self.engine_path} has a data-dependent shape {shape}; "
+                    "livefuse preallocates outputs and cannot run this engine"
+                )
         return Shapes(key, outputs, [*self._inputs, *self._outputs])
 
     def _allocate(self) -> None:
@@ -212,8 +232,10 @@ class TrtRunner(Runner):
         missing = [io.name for io in self._inputs if io.name not in inputs]
         unknown = [name for name in (*inputs, *outputs) if name not in self._names]
         if missing or unknown:
-            raise ValueError(f"model {self.name!r} takes inputs {[io.name for io in self._inputs]} and outputs "
-                             f"{[io.name for io in self._outputs]}; missing {missing}, unknown {unknown}")
+            raise ValueError(
+                f"model {self.name!r} takes inputs {[io.name for io in self._inputs]} and outputs "
+                f"{[io.name for io in self._outputs]}; missing {missing}, unknown {unknown}"
+            )
         self._set_shapes(self._batches[self._checked_batch(batch) - 1].key)
         for k, io in enumerate(self._inputs):
             self._bind(k, io, inputs[io.name])
@@ -225,12 +247,14 @@ class TrtRunner(Runner):
     def io_bytes(self, batch: int = 1) -> tuple[list[int], list[int]]:
         """Bytes of each input and each output for ``batch`` faces (for :meth:`infer_device`)."""
         sizes = self._batches[self._checked_batch(batch) - 1].sizes
-        return list(sizes[: len(self._inputs)]), list(sizes[len(self._inputs):])
+        return list(sizes[: len(self._inputs)]), list(sizes[len(self._inputs) :])
 
     def _checked_batch(self, batch: int) -> int:
         if not 1 <= batch <= self.capacity:
-            raise ValueError(f"model {self.name!r} takes 1..{self.capacity} faces per call, got {batch} "
-                             f"(engines are built for a batch range: {build_command(self.spec.name)} --max-batch N)")
+            raise ValueError(
+                f"model {self.name!r} takes 1..{self.capacity} faces per call, got {batch} "
+                f"(engines are built for a batch range: {build_command(self.spec.name)} --max-batch N)"
+            )
         return batch
 
     def _lookup(self, feeds: Mapping[str, np.ndarray]) -> Shapes:
@@ -258,8 +282,10 @@ class TrtRunner(Runner):
         ios = [*self._inputs, *self._outputs]
         too_big = [io.name for io, size in zip(ios, shapes.sizes) if size > io.allocated]
         if too_big:
-            raise ValueError(f"model {self.name!r}: shapes {key} need more than the buffers made for the engine's "
-                             f"largest shapes ({', '.join(too_big)})")
+            raise ValueError(
+                f"model {self.name!r}: shapes {key} need more than the buffers made for the engine's "
+                f"largest shapes ({', '.join(too_big)})"
+            )
         shapes.make_views(ios)
         if len(self._extra) >= MAX_EXTRA_SHAPES:
             self._extra.pop(next(iter(self._extra)))  # the oldest
@@ -272,8 +298,10 @@ class TrtRunner(Runner):
             return
         for io, shape in zip(self._inputs, key):
             if io.dynamic and not self._context.set_input_shape(io.name, shape):
-                raise EngineError(f"TensorRT refused shape {shape} for input {io.name!r} of {self.engine_path}; "
-                                  f"rebuild it: {build_command(self.spec.name)}")
+                raise EngineError(
+                    f"TensorRT refused shape {shape} for input {io.name!r} of {self.engine_path}; "
+                    f"rebuild it: {build_command(self.spec.name)}"
+                )
         self._current = key
 
     def _bind(self, slot: int, io: Io, pointer: int) -> None:
@@ -281,14 +309,17 @@ class TrtRunner(Runner):
         if self._bound[slot] == pointer:
             return
         if not self._context.set_tensor_address(io.name, pointer):
-            raise EngineError(f"TensorRT refused address {pointer:#x} for tensor {io.name!r} of "
-                              f"{self.engine_path} (TensorRT wants 256-byte aligned device memory)")
+            raise EngineError(
+                f"TensorRT refused address {pointer:#x} for tensor {io.name!r} of "
+                f"{self.engine_path} (TensorRT wants 256-byte aligned device memory)"
+            )
         self._bound[slot] = pointer
 
     def _run(self, stream: int) -> None:
         if not self._context.execute_async_v3(stream):
-            raise EngineError(f"TensorRT could not run {self.engine_path} (its log above says why); "
-                              "run 'livefuse doctor'")
+            raise EngineError(
+                f"TensorRT could not run {self.engine_path} (its log above says why); run 'livefuse doctor'"
+            )
 
     # ------------------------------------------------------------------ memory and teardown
 
@@ -297,8 +328,14 @@ class TrtRunner(Runner):
         if self._engine is None:
             raise RuntimeError(f"runner {self.name!r} must be activated before memory()")
         allocated = sum(io.allocated for io in (*self._inputs, *self._outputs))
-        return EngineMemory(activation_bytes(self._engine), allocated, allocated,
-                            int(getattr(self._engine, "streamable_weights_size", 0)), self._budget, self.capacity)
+        return EngineMemory(
+            activation_bytes(self._engine),
+            allocated,
+            allocated,
+            int(getattr(self._engine, "streamable_weights_size", 0)),
+            self._budget,
+            self.capacity,
+        )
 
     def close_impl(self) -> None:
         self._release()
@@ -333,4 +370,3 @@ class TrtRunner(Runner):
     @property
     def outputs(self) -> list[TensorSpec]:
         return [tensor_spec(io) for io in self._outputs]
-

@@ -21,7 +21,6 @@ MIN_TRT_MAJOR = 10
 _VERSION = re.compile(r"\d+(?:\.\d+)*")
 
 
-
 @dataclass(frozen=True, slots=True)
 class GpuInfo:
     """The GPU an engine is built on."""
@@ -37,8 +36,9 @@ def trt_version(raw: str) -> str:
     if match is None:
         raise EngineError(f"cannot read the TensorRT version {raw!r}; reinstall TensorRT: {INSTALL_HINT}")
     if int(match.group().split(".")[0]) < MIN_TRT_MAJOR:
-        raise ConfigError(f"TensorRT {raw} is too old: livefuse's engines need TensorRT {MIN_TRT_MAJOR} or newer "
-                          f"({INSTALL_HINT})")
+        raise ConfigError(
+            f"TensorRT {raw} is too old: livefuse's engines need TensorRT {MIN_TRT_MAJOR} or newer ({INSTALL_HINT})"
+        )
     return match.group()
 
 

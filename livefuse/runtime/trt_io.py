@@ -14,8 +14,15 @@ from livefuse.runtime.base import TensorSpec
 Key = tuple[tuple[int, ...], ...]
 "The shapes of all inputs, in the engine's order."
 
-_ORT_NAMES = {"float32": "float", "float16": "float16", "int32": "int32", "int64": "int64", "int8": "int8",
-              "uint8": "uint8", "bool": "bool"}
+_ORT_NAMES = {
+    "float32": "float",
+    "float16": "float16",
+    "int32": "int32",
+    "int64": "int64",
+    "int8": "int8",
+    "uint8": "uint8",
+    "bool": "bool",
+}
 
 
 class GpuOps(Protocol):
@@ -97,9 +104,10 @@ class Shapes:
         "The output views: what ``infer`` returns for these shapes."
 
     def make_views(self, ios: Sequence[Io]) -> None:
-        self.views = tuple(io.host.array[:size].view(io.dtype).reshape(shape)
-                           for io, size, shape in zip(ios, self.sizes, self.shapes))
-        self.results = list(self.views[len(self.key):])
+        self.views = tuple(
+            io.host.array[:size].view(io.dtype).reshape(shape) for io, size, shape in zip(ios, self.sizes, self.shapes)
+        )
+        self.results = list(self.views[len(self.key) :])
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +126,10 @@ class EngineMemory:
 
     def summary(self) -> str:
         mib = 1 << 20
-        text = (f"batch up to {self.max_batch}, {self.activation_bytes / mib:.0f} MiB activations, "
-                f"{self.io_bytes / mib:.1f} MiB I/O buffers")
+        text = (
+            f"batch up to {self.max_batch}, {self.activation_bytes / mib:.0f} MiB activations, "
+            f"{self.io_bytes / mib:.1f} MiB I/O buffers"
+        )
         if self.weight_budget_bytes is not None:
             kept, total = self.weight_budget_bytes / mib, self.streamable_weights_bytes / mib
             text += f", weights streamed ({kept:.0f} of {total:.0f} MiB kept on the GPU)"

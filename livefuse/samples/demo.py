@@ -78,14 +78,12 @@ class DemoClip:
                 **{k: raw[k] for k in ("width", "height", "fps", "frame_count", "codec", "sha256")},
                 segments=tuple(ClipSegment(**s) for s in raw["segments"]),
                 faces=tuple(
-                    tuple(ClipFace(f["sample"], tuple(f["box"]), f["angle"]) for f in frame)
-                    for frame in raw["faces"]
+                    tuple(ClipFace(f["sample"], tuple(f["box"]), f["angle"]) for f in frame) for frame in raw["faces"]
                 ),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SampleError(
-                f"cannot read the demo clip description {json_path} ({exc}); make the clip "
-                "again with make_demo_clip()"
+                f"cannot read the demo clip description {json_path} ({exc}); make the clip again with make_demo_clip()"
             ) from exc
 
 
@@ -145,9 +143,7 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     """A neutral grey wall: soft colour blotches, a faint weave and grain."""
     import cv2
 
-    blotches = cv2.resize(
-        rng.normal(0.0, 1.0, (9, 16, 3)).astype(np.float32), (_W, _H), interpolation=cv2.INTER_CUBIC
-    )
+    blotches = cv2.resize(rng.normal(0.0, 1.0, (9, 16, 3)).astype(np.float32), (_W, _H), interpolation=cv2.INTER_CUBIC)
     yy, xx = np.mgrid[0:_H, 0:_W].astype(np.float32)
     weave = 4.0 * np.sin(xx / 7.0) * np.sin(yy / 9.0)
     grain = rng.normal(0.0, 4.0, (_H, _W)).astype(np.float32)
@@ -182,9 +178,7 @@ def _paste(frame: np.ndarray, sprite: _Sprite, matrix: np.ndarray) -> None:
     import cv2
 
     h, w = sprite.alpha.shape
-    corners = (
-        np.array([[0, 0], [w, 0], [0, h], [w, h]], np.float64) @ matrix[:, :2].T + matrix[:, 2]
-    )
+    corners = np.array([[0, 0], [w, 0], [0, h], [w, h]], np.float64) @ matrix[:, :2].T + matrix[:, 2]
     x0, y0 = np.maximum(np.floor(corners.min(axis=0)).astype(int), 0)
     x1, y1 = np.minimum(np.ceil(corners.max(axis=0)).astype(int), (_W, _H))
     if x1 <= x0 or y1 <= y0:
@@ -227,12 +221,8 @@ def _render(stills: Mapping[str, np.ndarray]) -> Iterator[tuple[np.ndarray, tupl
         elif index < two.stop:
             u = (index - two.start) / (two.stop - two.start)  # 0..1 over the segment
             bob = 15.0 * math.sin(2 * math.pi * u)
-            poses.append(
-                (obama, (420.0 + 40.0 * u, 370.0 + bob), 210.0, 3.0 * math.sin(2 * math.pi * u))
-            )
-            poses.append(
-                (biden, (860.0 - 40.0 * u, 370.0 - bob), 210.0, -3.0 * math.sin(2 * math.pi * u))
-            )
+            poses.append((obama, (420.0 + 40.0 * u, 370.0 + bob), 210.0, 3.0 * math.sin(2 * math.pi * u)))
+            poses.append((biden, (860.0 - 40.0 * u, 370.0 - bob), 210.0, -3.0 * math.sin(2 * math.pi * u)))
         faces = []
         for sprite, centre, width, angle in poses:
             matrix, face = _placement(sprite, centre, width, angle)
@@ -298,9 +288,7 @@ def _current_clip(json_path: Path) -> DemoClip | None:
     return clip
 
 
-def make_demo_clip(
-    samples: SampleStore, *, force: bool = False, log: Log | None = None
-) -> DemoClip:
+def make_demo_clip(samples: SampleStore, *, force: bool = False, log: Log | None = None) -> DemoClip:
     """Render ``home/samples/demo.mp4`` and ``demo.json`` (unless current ones exist).
 
     1280x720 at 30 fps, 15 s: ``one_face`` (10 s, Obama panning, zooming and tilting),
@@ -317,9 +305,7 @@ def make_demo_clip(
     for still in (_OBAMA, _BIDEN):
         image = cv2.imread(str(samples.path(still.sample)), cv2.IMREAD_COLOR)
         if image is None:
-            raise SampleError(
-                f"OpenCV cannot decode {still.sample}; run 'livefuse samples pull' again"
-            )
+            raise SampleError(f"OpenCV cannot decode {still.sample}; run 'livefuse samples pull' again")
         stills[still.sample] = image
     target = samples.samples_dir / "demo.mp4"
     (log or (lambda _msg: None))(f"rendering {target}")

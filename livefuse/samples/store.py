@@ -59,15 +59,11 @@ def load_catalog(text: str | None = None) -> Mapping[str, SampleSpec]:
         specs = {}
         for name, sample in raw["samples"].items():
             origin = sources[sample["source"]]
-            source = package_source(
-                {**origin, "member": sample["member"], "member_sha256": sample["sha256"]}
-            )
+            source = package_source({**origin, "member": sample["member"], "member_sha256": sample["sha256"]})
             specs[name] = SampleSpec(name, source, origin["license"], sample.get("description", ""))
         return MappingProxyType(specs)
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise SampleError(
-            f"the sample catalog is malformed ({type(exc).__name__}: {exc}); reinstall livefuse"
-        ) from exc
+        raise SampleError(f"the sample catalog is malformed ({type(exc).__name__}: {exc}); reinstall livefuse") from exc
 
 
 class SampleStore:
@@ -135,14 +131,10 @@ class SampleStore:
             by_package.setdefault(spec.source.file, []).append(spec)
         with tempfile.TemporaryDirectory(prefix="livefuse-samples-") as tmp:
             for group in by_package.values():
-                self._pull_group(
-                    group, None if from_dir is None else Path(from_dir), Path(tmp), say
-                )
+                self._pull_group(group, None if from_dir is None else Path(from_dir), Path(tmp), say)
         return [self.samples_dir / s.name for s in specs]
 
-    def _pull_group(
-        self, group: list[SampleSpec], from_dir: Path | None, tmp: Path, say: Log
-    ) -> None:
+    def _pull_group(self, group: list[SampleSpec], from_dir: Path | None, tmp: Path, say: Log) -> None:
         """Install samples that share one sdist, fetching the sdist at most once."""
         archive: bytes | None = None
         for spec in group:
@@ -181,9 +173,7 @@ class SampleStore:
         if from_dir is None:
             say(f"downloading {src.requirement}")
             path = pip_download(src, tmp, what=what, offline_hint=_OFFLINE_HINT, error=SampleError)
-            fix = (
-                f"Check which package index pip uses ('pip config list') or run '{_OFFLINE_HINT}'."
-            )
+            fix = f"Check which package index pip uses ('pip config list') or run '{_OFFLINE_HINT}'."
             return read_verified(path, src.sha256, what=what, fix=fix, error=SampleError)
         pins = [Pin(spec.name, spec.sha256), Pin(src.file, src.sha256)]
         pin, data, problems = find_pinned(from_dir, pins)

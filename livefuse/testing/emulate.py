@@ -93,7 +93,7 @@ class EmulatedKernels:
 
 
 class HostArray:
-    """"Device" memory of :class:`HostDevice`: host bytes with a stable address."""
+    """ "Device" memory of :class:`HostDevice`: host bytes with a stable address."""
 
     def __init__(self, nbytes: int) -> None:
         self.array = np.zeros(nbytes, np.uint8)
@@ -155,7 +155,6 @@ class HostDevice:
 
     def copy_d2d(self, dst: HostArray, src: HostArray, nbytes: int, stream: object) -> None:
         dst.array[:nbytes] = src.array[:nbytes]
-
 
 
 class HostModel:

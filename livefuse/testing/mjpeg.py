@@ -103,8 +103,13 @@ class MjpegCamera:
             while not stop.is_set():
                 jpeg = self._jpegs[index % len(self._jpegs)]
                 client.sendall(
-                    b"--" + _BOUNDARY + b"\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                    + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n"
+                    b"--"
+                    + _BOUNDARY
+                    + b"\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                    + str(len(jpeg)).encode()
+                    + b"\r\n\r\n"
+                    + jpeg
+                    + b"\r\n"
                 )
                 self.served += 1
                 index += 1

@@ -56,7 +56,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON ({exc})") from None
     if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object, e.g. {\"swap\": false}")
+        raise ApiError(400, 'the request body must be a JSON object, e.g. {"swap": false}')
     return body
 
 
@@ -155,6 +155,7 @@ def _error(status: int, message: str, exc: BaseException | None) -> web.Response
 
 def auth_middleware(token: str | None) -> Any:
     """Checks the token on API calls; without one, that requests name a loopback host."""
+
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if token is None:

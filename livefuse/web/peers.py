@@ -58,9 +58,7 @@ async def answer_offer(pc: RTCPeerConnection, sdp: str, send: MediaStreamTrack |
         await pc.setLocalDescription(await pc.createAnswer())
     except Exception as exc:  # noqa: BLE001 - same: no common codec, bad transport parameters
         log.debug("cannot answer", exc_info=True)
-        raise ApiError(
-            400, f"cannot answer the offer ({_brief(exc)}); livefuse takes VP8 or H.264 video"
-        ) from None
+        raise ApiError(400, f"cannot answer the offer ({_brief(exc)}); livefuse takes VP8 or H.264 video") from None
     return str(pc.localDescription.sdp)
 
 

@@ -185,8 +185,11 @@ def create_app(
     manager = SessionManager(engine, settings, choices, uploads, config.limits())
     app = web.Application(
         client_max_size=config.max_upload_bytes + MAX_SMALL_BODY,
-        middlewares=[error_middleware(config.max_upload_bytes), auth_middleware(config.token),
-                     guard_middleware(RequestLimits())],
+        middlewares=[
+            error_middleware(config.max_upload_bytes),
+            auth_middleware(config.token),
+            guard_middleware(RequestLimits()),
+        ],
     )
     app[MANAGER] = manager
     app[UPLOADS] = uploads
@@ -286,8 +289,14 @@ class Api:
         """Append the new session to the audit log (in a thread: SQLite waits on other writers)."""
         faces = self.manager.choices.faces
         photo = faces.get(face) if face else next(iter(faces.values()), None)
-        entry = session_record(self.manager.settings, client=request.remote, token=self.config.token,
-                               photo=photo, session_id=session_id, kind=kind)
+        entry = session_record(
+            self.manager.settings,
+            client=request.remote,
+            token=self.config.token,
+            photo=photo,
+            session_id=session_id,
+            kind=kind,
+        )
         await asyncio.to_thread(record, self.manager.settings, entry)
 
     async def sessions(self, request: web.Request) -> web.Response:

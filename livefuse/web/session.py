@@ -175,8 +175,13 @@ class Session:
 
     def summary(self) -> dict[str, Any]:
         """A short line about the session."""
-        return {"session": self.id, "kind": self.kind, "state": self.state, "viewers": len(self.viewers),
-                **self.controls.state.public()}
+        return {
+            "session": self.id,
+            "kind": self.kind,
+            "state": self.state,
+            "viewers": len(self.viewers),
+            **self.controls.state.public(),
+        }
 
     # -- starting -----------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ MAX_IMAGE_SIDE = 4096
 #: The types accepted, by the name ``sniff`` gives them.
 IMAGE_TYPES = ("jpeg", "png", "webp")
 
+
 @dataclass(frozen=True, slots=True)
 class ImageLimits:
     """What an uploaded photo may be."""

@@ -101,9 +101,7 @@ def make_faithful(name: str, out_dir: Path) -> Path:
     return target
 
 
-def pinned_manifest(
-    files: Mapping[str, Path], base: Mapping[str, ModelSpec] | None = None
-) -> Mapping[str, ModelSpec]:
+def pinned_manifest(files: Mapping[str, Path], base: Mapping[str, ModelSpec] | None = None) -> Mapping[str, ModelSpec]:
     """``base`` (default: the built-in manifest) with each record named in ``files`` pinned to
     that file instead of the published one (its sha256 and size; nothing else changes).
 
@@ -162,9 +160,7 @@ def _without_weights(model: onnx.ModelProto, dims: Mapping[str, int]) -> onnx.Mo
         inputs.append(value)
     kept = [t for t in graph.initializer if not _is_weight(t)]
     inputs += [
-        helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-        for t in graph.initializer
-        if _is_weight(t)
+        helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in graph.initializer if _is_weight(t)
     ]
     light = helper.make_graph(list(graph.node), graph.name, inputs, list(graph.output), kept)
     return helper.make_model(light, opset_imports=list(model.opset_import), ir_version=model.ir_version)

@@ -151,9 +151,7 @@ def _faithful_gfpgan(net: _Net, spec: ModelSpec) -> list[str]:
         scale, shift = conditions[level]
         out = net.op("Concat", same, net.add(net.mul(sft, scale), shift), axis=1)
         out = _mod_conv(net, out, _latent(net, latents, i + 1), c, c, 3)
-        rgb = net.add(
-            net.resize(rgb, 2.0), _mod_conv(net, out, _latent(net, latents, i + 2), c, 3, 1, act=False)
-        )
+        rgb = net.add(net.resize(rgb, 2.0), _mod_conv(net, out, _latent(net, latents, i + 2), c, 3, 1, act=False))
     return [net.op("Clip", rgb, net.const(-1.0), net.const(1.0))]
 
 
@@ -167,8 +165,14 @@ def _gpen(net: _Net, spec: ModelSpec, size: int, channels: Mapping[int, int]) ->
         res //= 2
     flat = net.op("Flatten", feats[-1], axis=1)
     latent = net.gemm(flat, channels[4] * 16, 512)
-    out = _mod_conv(net, net.op("Concat", net.param([1, channels[4], 4, 4], 1.0), feats[-1], axis=1),
-                    latent, 2 * channels[4], channels[4], 3)
+    out = _mod_conv(
+        net,
+        net.op("Concat", net.param([1, channels[4], 4, 4], 1.0), feats[-1], axis=1),
+        latent,
+        2 * channels[4],
+        channels[4],
+        3,
+    )
     rgb = _mod_conv(net, out, latent, channels[4], 3, 1, act=False)
     res, skip = 8, len(feats) - 2
     while res <= size:

@@ -110,9 +110,7 @@ class _Net:
         fan_in = cin // group * k * k
         w = self.param([cout, cin // group, k, k], gain / math.sqrt(fan_in))
         inputs = [x, w, self.param([cout], 0.01)] if bias else [x, w]
-        return self.op(
-            "Conv", *inputs, kernel_shape=[k, k], strides=[s, s], pads=[pad] * 4, group=group
-        )
+        return self.op("Conv", *inputs, kernel_shape=[k, k], strides=[s, s], pads=[pad] * 4, group=group)
 
     def deconv(self, x: str, cin: int, cout: int, k: int, s: int, p: int, out_pad: int = 0) -> str:
         w = self.param([cin, cout, k, k], 1.0 / math.sqrt(cin * k * k / (s * s)))
@@ -195,9 +193,11 @@ class _Net:
     def model(self, *, materialize: bool = True) -> onnx.ModelProto:
         """The model: weights stored, or (``materialize=False``) declared as shaped inputs."""
         elem = TensorProto.FLOAT16 if self.dtype == np.float16 else TensorProto.FLOAT
-        declared = [] if materialize else [
-            helper.make_tensor_value_info(name, elem, list(shape)) for name, shape, _ in self.params
-        ]
+        declared = (
+            []
+            if materialize
+            else [helper.make_tensor_value_info(name, elem, list(shape)) for name, shape, _ in self.params]
+        )
         model = self._skeleton(declared)
         if materialize:
             for name, _, draw in self.params:

@@ -100,7 +100,6 @@ def _tiny_yunet(net: _Net, spec: ModelSpec) -> list[str]:
     return cls + obj + boxes + kps
 
 
-
 _TINY: Mapping[str, Builder] = MappingProxyType(
     {
         "arcface": _tiny_arcface,
