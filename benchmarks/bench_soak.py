@@ -23,7 +23,7 @@ import benchinfo
 import cv2
 
 from livefuse.app import Engine
-from livefuse.config import Settings
+from livefuse.config import load_settings
 from livefuse.io.reconnect import ReconnectingSource
 from livefuse.io.sinks import NullSink
 from livefuse.io.sources import StreamSource
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=None)
     args = parser.parse_args()
     home = args.home or default_home()
-    settings = Settings(home=str(home))
+    settings = load_settings({"home": str(home)}, env={})
     samples: list[dict[str, float]] = []
     with MjpegCamera(clip_frames(home, 150), fps=30) as camera, Engine(settings) as engine:
         source = ReconnectingSource(StreamSource(camera.url), 30.0)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from livefuse.app import Engine
-from livefuse.config import Settings
+from livefuse.config import load_settings
 from livefuse.web.errors import ApiError
 from livefuse.web.guard import RequestLimits, check_declared_type, check_json_depth
 from tests.threaded_server import Running, serving_in_thread
@@ -31,13 +31,13 @@ from tests.threaded_server import Running, serving_in_thread
 
 @pytest.fixture(scope="module")
 def engine(livefuse_home: Path) -> Iterator[Engine]:
-    with Engine(Settings(home=str(livefuse_home))) as engine:
+    with Engine(load_settings({"home": str(livefuse_home)}, env={})) as engine:
         yield engine
 
 
 @pytest.fixture(scope="module")
 def server(engine: Engine, livefuse_home: Path) -> Iterator[Running]:
-    with serving_in_thread(engine, Settings(home=str(livefuse_home))) as running:
+    with serving_in_thread(engine, load_settings({"home": str(livefuse_home)}, env={})) as running:
         yield running
 
 

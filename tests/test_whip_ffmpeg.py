@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from livefuse.app import Engine
-from livefuse.config import Settings
+from livefuse.config import load_settings
 from livefuse.testing.fakecam import face_clip
 from livefuse.web import media
 from tests.threaded_server import serving_in_thread
@@ -44,7 +44,7 @@ def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def engine(livefuse_home: Path):
-    with Engine(Settings(home=str(livefuse_home))) as engine:
+    with Engine(load_settings({"home": str(livefuse_home)}, env={})) as engine:
         yield engine
 
 
@@ -131,7 +131,7 @@ def test_ffmpeg_whip_muxer_publishes_and_is_swapped(engine, livefuse_home, tmp_p
     returned = Returned()
     monkeypatch.setattr(media.HubSink, "send", returned.wrap(media.HubSink.send))
     key, cert = p256_certificate(tmp_path)
-    with serving_in_thread(engine, Settings(home=str(livefuse_home))) as server:
+    with serving_in_thread(engine, load_settings({"home": str(livefuse_home)}, env={})) as server:
         result = publish(
             f"{server.url}/whip", tmp_path / "still.png", 90, {"cert_file": str(cert), "key_file": str(key)}
         )
@@ -155,6 +155,6 @@ def test_ffmpeg_whip_muxer_with_its_own_certificate_fails_in_dtls(engine, livefu
     starts to pass, FFmpeg (or PyAV's build of it) has changed and the README can drop the workaround."""
     portrait = cv2.imread(str(livefuse_home / "samples" / "obama.jpg"))
     cv2.imwrite(str(tmp_path / "still.png"), np.ascontiguousarray(face_clip(portrait, (640, 480), 1)[0]))
-    with serving_in_thread(engine, Settings(home=str(livefuse_home))) as server:
+    with serving_in_thread(engine, load_settings({"home": str(livefuse_home)}, env={})) as server:
         result = publish(f"{server.url}/whip", tmp_path / "still.png", 15, {})
     assert result.returncode != 0 and "DTLS session failed" in result.stderr

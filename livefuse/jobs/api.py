@@ -222,9 +222,22 @@ def _int_query(query: Any, key: str, default: int | None, low: int, high: int | 
     return value
 
 
+#: An upload that sends nothing for this long is stalled: 408, so half-sent uploads cannot pin
+#: connections (the server's request guard leaves streamed multipart bodies to this handler).
+UPLOAD_IDLE_S = 30.0
+
+
+async def _chunk(part: BodyPartReader) -> bytes:
+    """The next chunk of ``part``; 408 when none arrives within ``UPLOAD_IDLE_S``."""
+    try:
+        return await asyncio.wait_for(part.read_chunk(CHUNK), UPLOAD_IDLE_S)
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"the upload stalled: nothing arrived for {UPLOAD_IDLE_S:.0f} s") from None
+
+
 async def _read_limited(part: BodyPartReader, limit: int, what: str) -> bytes:
     data = bytearray()
-    while chunk := await part.read_chunk(CHUNK):
+    while chunk := await _chunk(part):
         data += chunk
         if len(data) > limit:
             raise ApiError(413, f"{what} is larger than {limit // 1024} kB")
@@ -233,7 +246,7 @@ async def _read_limited(part: BodyPartReader, limit: int, what: str) -> bytes:
 
 async def _stream_to_disk(part: BodyPartReader, directory: Path, name: str, limit: int) -> Upload:
     """Write one file field to ``directory/name.<sniffed ext>`` in chunks, under ``limit`` bytes."""
-    head = await part.read_chunk(CHUNK)
+    head = await _chunk(part)
     if not head:
         raise ApiError(400, f"the {name} file is empty")
     kind = sniff_media(head)
@@ -250,7 +263,7 @@ async def _stream_to_disk(part: BodyPartReader, directory: Path, name: str, limi
             if size > limit:
                 raise ApiError(413, f"the {name} file is larger than the limit of {limit / 1e6:.0f} MB")
             await _blocking(fh.write, chunk)
-            chunk = await part.read_chunk(CHUNK)
+            chunk = await _chunk(part)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise disk_full(exc) from None

@@ -49,7 +49,8 @@ def guard_middleware(limits: RequestLimits) -> Any:
     """The middleware: path length, then the whole body read under a deadline.
 
     The body is read here (aiohttp keeps it, so the handler's ``read()`` returns it), which
-    puts one deadline on every handler's body instead of one per handler.
+    puts one deadline on every handler's body instead of one per handler. Multipart bodies
+    are the exception: their handler streams them to disk under its own size limits.
     """
     readers = 0
 
@@ -61,7 +62,9 @@ def guard_middleware(limits: RequestLimits) -> Any:
         if any(len(part) > _MAX_NAME for part in request.path.split("/")):
             # No file, session or viewer has such a name (the file system would refuse it).
             raise ApiError(404, f"nothing here has a name longer than {_MAX_NAME} characters")
-        if request.body_exists:
+        # Multipart uploads (job videos up to gigabytes) are streamed to disk by their handler,
+        # never read into memory here.
+        if request.body_exists and not request.content_type.startswith("multipart/"):
             if readers >= limits.max_body_readers:
                 return await _answer_and_close(
                     request, 503, "the server is busy reading other requests; try again in a moment"
