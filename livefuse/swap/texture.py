@@ -37,7 +37,7 @@ MIN_SOURCE_FACING = 0.2
 #: ...and takes its mirror image's texture when that one faces the camera this much better.
 MIRROR_GAIN = 0.3
 #: A triangle with more than this share of its pixels covered (hair, frames) is not used.
-MAX_COVERED = 0.4
+MAX_COVERED = 0.8
 #: A mirror image is taken only when at most this share of it is covered.
 MAX_MIRROR_COVERED = 0.02
 #: Cheek points (image-left, then image-right) whose skin the skin model is fitted to.
@@ -148,13 +148,24 @@ def tamed(luma: np.ndarray, level: float, skin: np.ndarray, face_w: float) -> np
     return (luma + weight * (out - luma)).astype(np.float32)
 
 
+#: face_only fills past the outline from this far inside it (share of the face width).
+EDGE_MARGIN = 0.03
+
+
+def _disc(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
 def face_only(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     """``image`` with every pixel outside the face outline replaced by the nearest pixel
     inside it: no sample of the texture (its smaller copies blurred from it included) can
     then carry background, hair or ears in from past the outline."""
     inside = np.zeros(image.shape[:2], np.uint8)
     cv2.fillPoly(inside, [np.round(points[FACE_OVAL, :2]).astype(np.int32)], 1)
-    inside = cv2.erode(inside, np.ones((3, 3), np.uint8))
+    # Filled from well inside the outline: its last pixels are often hair or background
+    # the skin model missed, and on a turned face the far cheek's triangles reach past the
+    # outline (it lies behind the cheek), where they would take those pixels as pale arcs.
+    inside = cv2.erode(inside, _disc(max(1, int(EDGE_MARGIN * np.ptp(points[:, 0])))))
     if not inside.any():
         return image
     # Labels of the nearest zero pixel of (1 − inside), i.e. the nearest inside pixel.
