@@ -141,7 +141,7 @@ class MeshSwapper:
         f = 1 if face_w < 96 else 2 if face_w < 320 else 4
         shape = target.shape[:2]
         ids = self._rasterise(local, points[:, 2], painted, opening, shape, f, scratch)
-        warped = self._warp(source, tri_src, ids, local[TRIANGLES], shape, f, scratch)
+        warped = self._warp(source, tri_src, ids, local[TRIANGLES], shape, f, scratch, texture.mirrored)
         alpha = visible_alpha(ids, shape, self.config.feather * face_w, f, scratch)
         cut(alpha, [local[MOUTH_INNER]] if self._mouth_kept(points) else [])
         if self.config.opacity < 1:
@@ -197,8 +197,10 @@ class MeshSwapper:
         shape: tuple[int, int],
         f: int,
         scratch: Scratch,
+        mirrored: np.ndarray,
     ) -> np.ndarray:
-        """The source texture warped triangle by triangle onto the target's painted triangles."""
+        """The source texture warped triangle by triangle onto the target's painted triangles
+        (``mirrored``: (T,) bool, triangles textured from their mirror image)."""
         # The map is piecewise affine and continuous, so it is computed at 1/2 or 1/4
         # resolution and scaled up bilinearly with no visible difference.
         mh, mw = ids.shape
@@ -216,8 +218,29 @@ class MeshSwapper:
         np.clip(maps, tri_src.min(1)[safe], tri_src.max(1)[safe], out=maps)
         maps[~inside] = -1
         if f > 1:
-            maps = cv2.resize(maps, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+            maps = _upscaled(maps, ids, mirrored, shape)
         return cv2.remap(texture, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _upscaled(maps: np.ndarray, ids: np.ndarray, mirrored: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The low-res sampling map scaled up to ``shape``: bilinear, except along the seams
+    between mirrored and own triangles. The map jumps across the face there, and
+    interpolating across the jump would sample whatever lies between (pale arcs of hair
+    and background on the far cheek); nearest-neighbour keeps each sample in its triangle."""
+    full = cv2.resize(maps, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    if not mirrored.any():
+        return full
+    flip = (mirrored[ids] & (ids >= 0)).view(np.uint8)
+    if not flip.any():
+        return full
+    seam = cv2.dilate(flip, _SQUARE) != cv2.erode(flip, _SQUARE)
+    seam_full = cv2.resize(seam.view(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST).view(bool)
+    nearest = cv2.resize(maps, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    full[seam_full] = nearest[seam_full]
+    return full
+
+
+_SQUARE = np.ones((3, 3), np.uint8)
 
 
 @dataclass(frozen=True)

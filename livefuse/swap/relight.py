@@ -19,6 +19,8 @@ from livefuse.swap.blend import low_res
 #: cells: coarse enough that the target's features do not ghost in, fine enough for shading.
 CELLS = 6
 SIGMA = 1.5
+#: How much of the source's contrast (relative to its light) the result keeps.
+GAMMA = 0.8
 
 
 def relight(face: np.ndarray, target: np.ndarray, skin: np.ndarray, face_w: float, scratch: Scratch) -> np.ndarray:
@@ -43,11 +45,15 @@ def relight(face: np.ndarray, target: np.ndarray, skin: np.ndarray, face_w: floa
     w3 = wgt[..., None]
     s = cv2.GaussianBlur(src * w3, (0, 0), SIGMA) / weight[..., None]
     d = cv2.GaussianBlur(dst * w3, (0, 0), SIGMA) / weight[..., None]
-    ratio = float((d * w3).sum() + 1) / float((s * w3).sum() + 1)
-    gain = float(np.clip(np.sqrt(ratio), 0.6, 1.5))
-    offset = d - gain * s
+    # Per channel and per cell: result = target's light × (source / source's light)^γ,
+    # linearised as A + B·face. A ratio, not a difference: a dark feature (brows) stays dark
+    # and neutral on a paler target instead of shifting hue, and highlights scale with it.
+    scale = GAMMA * d / np.maximum(s, 8.0)
+    offset = (1 - GAMMA) * d
     full = scratch.get("relight_offset", (*shape, 3), np.float32)
     cv2.resize(offset, (shape[1], shape[0]), dst=full, interpolation=cv2.INTER_LINEAR)
+    gain = scratch.get("relight_gain", (*shape, 3), np.float32)
+    cv2.resize(scale, (shape[1], shape[0]), dst=gain, interpolation=cv2.INTER_LINEAR)
     out = scratch.get("relight_out", (*shape, 3), np.float32)
     np.multiply(face, gain, out=out, casting="unsafe")
     out += full

@@ -16,7 +16,16 @@ import cv2
 import numpy as np
 
 from livefuse.face.canonical import TRIANGLES
-from livefuse.face.surface import BROW_LEFT, BROW_RIGHT, EYE_LEFT, EYE_RIGHT, LIPS_OUTER, MIRROR, facing
+from livefuse.face.surface import (
+    BROW_LEFT,
+    BROW_RIGHT,
+    EYE_LEFT,
+    EYE_RIGHT,
+    INNER_TRIANGLES,
+    LIPS_OUTER,
+    MIRROR,
+    facing,
+)
 from livefuse.face.topology import FACE_OVAL
 from livefuse.swap.source import SourceFace
 
@@ -28,7 +37,9 @@ MIN_SOURCE_FACING = 0.2
 #: ...and takes its mirror image's texture when that one faces the camera this much better.
 MIRROR_GAIN = 0.3
 #: A triangle with more than this share of its pixels covered (hair, frames) is not used.
-MAX_COVERED = 0.4
+MAX_COVERED = 0.8
+#: A mirror image is taken only when at most this share of it is covered.
+MAX_MIRROR_COVERED = 0.02
 #: Cheek points (image-left, then image-right) whose skin the skin model is fitted to.
 CHEEKS = np.array([50, 101, 205, 187, 280, 330, 425, 411])
 #: The forehead and temples, where hair falls over the face: the top of the outline from
@@ -67,7 +78,16 @@ class SourceTexture:
         mirror = pts[MIRROR[TRIANGLES]]
         own_facing, mirror_facing = facing(points), facing(points, MIRROR[TRIANGLES][:, ::-1])
         own_cover, mirror_cover = triangle_share(covered, own), triangle_share(covered, mirror)
-        mirrored = (own_facing < MIN_SOURCE_FACING) & (mirror_facing > own_facing + MIRROR_GAIN)
+        # Only the outer face is mirrored: the nose's and eyes' sides are always half hidden,
+        # and their mirror images carry the other side's light (a bright dot on the nose).
+        # A mirror image with anything covering it is not taken either: its inpainted
+        # pixels are the least reliable ones (pale arcs from white hair by the ear).
+        mirrored = (
+            (own_facing < MIN_SOURCE_FACING)
+            & (mirror_facing > own_facing + MIRROR_GAIN)
+            & ~INNER_TRIANGLES
+            & (mirror_cover <= MAX_MIRROR_COVERED)
+        )
         tri = np.where(mirrored[:, None, None], mirror, own)
         usable = np.where(mirrored, mirror_cover, own_cover) <= MAX_COVERED
         levels = [(image, tri)]
@@ -105,7 +125,35 @@ def evenly_lit(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     low = cv2.GaussianBlur(luma * w, (0, 0), sigma) / (cv2.GaussianBlur(w, (0, 0), sigma) + 1e-3)
     level = float(np.median(luma[skin > 0])) if skin.any() else float(luma.mean())
     gain = np.clip((level + 8) / (low + 8), 0.67, 1.5)
+    gain *= tamed(luma * gain, level, skin, face_w) / np.maximum(luma * gain, 1.0)
     return cv2.convertScaleAbs(image.astype(np.float32) * gain[..., None])
+
+
+#: On the skin, luma above the face's level × (1 + HIGHLIGHT) is a highlight of the photo's
+#: light (a shiny nose tip, a wet forehead): it keeps only HIGHLIGHT_KEEP of its excess...
+HIGHLIGHT, HIGHLIGHT_KEEP = 0.10, 0.25
+#: ...and luma below level × (1 − SHADOW) keeps SHADOW_KEEP of its depth (eye bags, sockets
+#: in top light), which the target's paler light would otherwise deepen into dark rings.
+SHADOW, SHADOW_KEEP = 0.22, 0.5
+
+
+def tamed(luma: np.ndarray, level: float, skin: np.ndarray, face_w: float) -> np.ndarray:
+    """``luma`` (float32) with the skin's highlights and deep shadows compressed towards
+    ``level``; eyes, brows and lips (0 in ``skin``) are left as they are, with a soft seam."""
+    hi, lo = level * (1 + HIGHLIGHT), level * (1 - SHADOW)
+    out = np.where(luma > hi, hi + HIGHLIGHT_KEEP * (luma - hi), luma)
+    out = np.where(out < lo, lo - SHADOW_KEEP * (lo - out), out)
+    soft = max(1.0, 0.015 * face_w)
+    weight = cv2.GaussianBlur(cv2.erode(skin, np.ones((3, 3), np.uint8)).astype(np.float32), (0, 0), soft)
+    return (luma + weight * (out - luma)).astype(np.float32)
+
+
+#: face_only fills past the outline from this far inside it (share of the face width).
+EDGE_MARGIN = 0.03
+
+
+def _disc(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
 def face_only(image: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -114,7 +162,10 @@ def face_only(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     then carry background, hair or ears in from past the outline."""
     inside = np.zeros(image.shape[:2], np.uint8)
     cv2.fillPoly(inside, [np.round(points[FACE_OVAL, :2]).astype(np.int32)], 1)
-    inside = cv2.erode(inside, np.ones((3, 3), np.uint8))
+    # Filled from well inside the outline: its last pixels are often hair or background
+    # the skin model missed, and on a turned face the far cheek's triangles reach past the
+    # outline (it lies behind the cheek), where they would take those pixels as pale arcs.
+    inside = cv2.erode(inside, _disc(max(1, int(EDGE_MARGIN * np.ptp(points[:, 0])))))
     if not inside.any():
         return image
     # Labels of the nearest zero pixel of (1 − inside), i.e. the nearest inside pixel.
