@@ -120,7 +120,9 @@ def colour_step(image: np.ndarray, points: np.ndarray) -> float:
 def tile(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     lo, hi = points[:, :2].min(0), points[:, :2].max(0)
     c, r = (lo + hi) / 2, (hi - lo).max() * 0.65
-    m = np.array([[TILE / (2 * r), 0, TILE / 2 - c[0] * TILE / (2 * r)], [0, TILE / (2 * r), TILE / 2 - c[1] * TILE / (2 * r)]])
+    m = np.array(
+        [[TILE / (2 * r), 0, TILE / 2 - c[0] * TILE / (2 * r)], [0, TILE / (2 * r), TILE / 2 - c[1] * TILE / (2 * r)]]
+    )
     return cv2.warpAffine(image, m, (TILE, TILE), flags=cv2.INTER_AREA, borderValue=(0, 0, 0))
 
 
@@ -220,8 +222,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for c in results:
         print(
-            f"| {c.name} | {c.to_source:.3f} | {c.to_target:.3f} | {100 * c.streaks:.2f} ({100 * c.streaks_original:.2f})"
-            f" | {c.step:.1f} ({c.step_original:.1f}) |"
+            f"| {c.name} | {c.to_source:.3f} | {c.to_target:.3f} "
+            f"| {100 * c.streaks:.2f} ({100 * c.streaks_original:.2f}) | {c.step:.1f} ({c.step_original:.1f}) |"
         )
     ratios = [c.step / max(c.step_original, 1.0) for c in results]
     summary = {
@@ -238,7 +240,9 @@ def main() -> None:
     print(json.dumps(summary, indent=1))
     out = HERE / "out"
     out.mkdir(exist_ok=True)
-    (out / f"quality_{args.label}.json").write_text(json.dumps({"summary": summary, "cases": [asdict(c) for c in results]}, indent=1))
+    (out / f"quality_{args.label}.json").write_text(
+        json.dumps({"summary": summary, "cases": [asdict(c) for c in results]}, indent=1)
+    )
     print(f"contact sheet: {args.sheet} ({args.sheet.stat().st_size / 1e6:.2f} MB)")
 
 

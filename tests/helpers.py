@@ -35,6 +35,7 @@ def aligned(image: np.ndarray, kps: np.ndarray, size: int = 112) -> np.ndarray:
 def structure_similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Correlation of the two aligned faces' edge maps over the inner face (eyes, brows,
     nose, mouth): shapes of features, not colour or lighting."""
+
     def edges(x: np.ndarray) -> np.ndarray:
         gx = cv2.Sobel(x, cv2.CV_32F, 1, 0, ksize=3)
         gy = cv2.Sobel(x, cv2.CV_32F, 0, 1, ksize=3)
@@ -75,14 +76,19 @@ def unwrapped(image: np.ndarray, points: np.ndarray, canon: np.ndarray, size: in
 
     warp = MeshSwapper(SourceFace(image, points, 1), MeshSwapConfig(colour=False, feather=0.02, open_mouth=np.inf))
     canvas = np.zeros((size, size, 3), np.uint8)
-    warp.swap(canvas, Faces(np.zeros((1, 4), np.float32), np.ones(1, np.float32),
-                            np.zeros((1, 5, 2), np.float32), landmarks=canon[None]))
+    warp.swap(
+        canvas,
+        Faces(
+            np.zeros((1, 4), np.float32), np.ones(1, np.float32), np.zeros((1, 5, 2), np.float32), landmarks=canon[None]
+        ),
+    )
     return cv2.cvtColor(canvas, cv2.COLOR_BGR2GRAY).astype(np.float32)
 
 
 def texture_similarity(a: np.ndarray, b: np.ndarray, exclude: np.ndarray | None = None) -> float:
     """Correlation of two unwrapped faces' details (a band-pass: the image minus its
     σ=4 px blur) over the face's interior, away from the blend's soft edge."""
+
     def detail(x: np.ndarray) -> np.ndarray:
         return x - cv2.GaussianBlur(x, (0, 0), 4)
 

@@ -95,9 +95,7 @@ class CenterFaceDetector:
         return faces
 
 
-def decode(
-    heat: np.ndarray, size: np.ndarray, offset: np.ndarray, lms: np.ndarray, threshold: float
-) -> Faces:
+def decode(heat: np.ndarray, size: np.ndarray, offset: np.ndarray, lms: np.ndarray, threshold: float) -> Faces:
     """Turn CenterFace's stride-4 maps into boxes, scores and keypoints (input pixels)."""
     ys, xs = np.nonzero(heat > threshold)
     if ys.size == 0:

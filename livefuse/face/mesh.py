@@ -67,10 +67,8 @@ class MeshLandmarker:
         """(468, 3) points in frame pixels (z in the same scale) and the presence score."""
         m = roi.to_crop()
         # warpAffine reads only the pixels under the crop: no whole-frame work.
-        cv2.warpAffine(image, m, (CROP, CROP), dst=self._crop, flags=cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_CONSTANT)
-        np.multiply(self._crop[:, :, ::-1].transpose(2, 0, 1), 1 / 255, out=self._blob[0],
-                    casting="unsafe")
+        cv2.warpAffine(image, m, (CROP, CROP), dst=self._crop, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        np.multiply(self._crop[:, :, ::-1].transpose(2, 0, 1), 1 / 255, out=self._blob[0], casting="unsafe")
         coords, logit = self.runner.infer({self._input: self._blob})
         pts = coords.reshape(MESH_POINTS, 3).astype(np.float32)
         inv = cv2.invertAffineTransform(m)

@@ -34,7 +34,7 @@ MIRROR = _mirror()
 
 
 def _inside(triangles: np.ndarray, ring: np.ndarray) -> np.ndarray:
-    return np.isin(triangles, ring).all(1)
+    return np.asarray(np.isin(triangles, ring).all(1))
 
 
 #: Triangles spanning an eye opening (between the eyelids) and the mouth opening (between the lips).
@@ -72,6 +72,6 @@ def facing(points: np.ndarray, triangles: np.ndarray = TRIANGLES) -> np.ndarray:
 
 def mouth_open(points: np.ndarray) -> float:
     """The mouth's opening (inner lip gap at the centre) as a fraction of its width."""
-    gap = np.linalg.norm(points[13, :2] - points[14, :2])
-    width = np.linalg.norm(points[61, :2] - points[291, :2])
-    return float(gap / max(width, 1e-6))
+    gap = float(np.linalg.norm(points[13, :2] - points[14, :2]))
+    width = float(np.linalg.norm(points[61, :2] - points[291, :2]))
+    return gap / max(width, 1e-6)

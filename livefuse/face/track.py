@@ -176,9 +176,7 @@ class FaceTracker:
             return Faces.empty()
         for track in self.tracks:
             size = float(np.ptp(track.points[:, 0]))
-            track.smoothed = (
-                track.smoother(track.points, t, size) if self.config.smooth else track.points
-            )
+            track.smoothed = track.smoother(track.points, t, size) if self.config.smooth else track.points
         landmarks = np.stack([tr.smoothed for tr in self.tracks])  # type: ignore[misc]
         xy = landmarks[:, :, :2]
         return Faces(

@@ -78,9 +78,7 @@ class MeshSwapper:
     are written back byte-identical. Not thread-safe (one instance per swap thread).
     """
 
-    def __init__(
-        self, source: SourceFace | Sequence[SourceFace], config: MeshSwapConfig = MeshSwapConfig()
-    ) -> None:
+    def __init__(self, source: SourceFace | Sequence[SourceFace], config: MeshSwapConfig = MeshSwapConfig()) -> None:
         self.config = config
         self.sources = [source] if isinstance(source, SourceFace) else list(source)
         self.source = self.sources[0]
@@ -118,7 +116,9 @@ class MeshSwapper:
             blend_into(image[patch.region], patch.face, patch.alpha, patch.scratch)
         self.faces_swapped += len(patches)
 
-    def _patch(self, image: np.ndarray, points: np.ndarray, texture: SourceTexture, scratch: Scratch) -> MeshPatch | None:
+    def _patch(
+        self, image: np.ndarray, points: np.ndarray, texture: SourceTexture, scratch: Scratch
+    ) -> MeshPatch | None:
         """The face's region, its relit warped source face and blend alpha; None when the
         face is off-screen, too small to be seen, or turned fully away."""
         pts = points[:, :2]

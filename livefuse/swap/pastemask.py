@@ -38,7 +38,7 @@ def covering_mask(
     inside = scratch.get("cover_inside", (size, size), np.uint8)
     inside[:] = 0
     cv2.fillPoly(inside, [np.round(outline * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
-    alpha = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
+    alpha: np.ndarray = cv2.distanceTransform(inside, cv2.DIST_L2, 5).astype(np.float32, copy=False)
     if holes:
         # Grow the holes' soft edge outwards from them, the same width.
         keep = scratch.get("cover_keep", (size, size), np.uint8)

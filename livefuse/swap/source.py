@@ -70,7 +70,10 @@ def analyse_source(
     if width < SHARP_WIDTH:
         log.warning(
             "the face in the source %s is only %d px wide: swapped faces will look soft; use a photo "
-            "with the face at least %d px across", name, width, SHARP_WIDTH,
+            "with the face at least %d px across",
+            name,
+            width,
+            SHARP_WIDTH,
         )
     return _crop(image, points, len(faces))
 

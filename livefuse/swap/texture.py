@@ -70,7 +70,9 @@ class SourceTexture:
         points = source.points
         pts = inset_outline(points[:, :2])
         covered = covered_skin(source.image, points)
-        image = cv2.inpaint(source.image, covered.view(np.uint8), 5, cv2.INPAINT_TELEA) if covered.any() else source.image
+        image = (
+            cv2.inpaint(source.image, covered.view(np.uint8), 5, cv2.INPAINT_TELEA) if covered.any() else source.image
+        )
         image = evenly_lit(image, points)
         image = face_only(image, points)
         own = pts[TRIANGLES]
@@ -160,12 +162,12 @@ def face_only(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     """``image`` with every pixel outside the face outline replaced by the nearest pixel
     inside it: no sample of the texture (its smaller copies blurred from it included) can
     then carry background, hair or ears in from past the outline."""
-    inside = np.zeros(image.shape[:2], np.uint8)
-    cv2.fillPoly(inside, [np.round(points[FACE_OVAL, :2]).astype(np.int32)], 1)
+    outline = np.zeros(image.shape[:2], np.uint8)
+    cv2.fillPoly(outline, [np.round(points[FACE_OVAL, :2]).astype(np.int32)], 1)
     # Filled from well inside the outline: its last pixels are often hair or background
     # the skin model missed, and on a turned face the far cheek's triangles reach past the
     # outline (it lies behind the cheek), where they would take those pixels as pale arcs.
-    inside = cv2.erode(inside, _disc(max(1, int(EDGE_MARGIN * np.ptp(points[:, 0])))))
+    inside = cv2.erode(outline, _disc(max(1, int(EDGE_MARGIN * np.ptp(points[:, 0])))))
     if not inside.any():
         return image
     # Labels of the nearest zero pixel of (1 − inside), i.e. the nearest inside pixel.

@@ -24,9 +24,7 @@ HOLE = -2
 HOLE_FEATHER = 0.2
 
 
-def visible_alpha(
-    ids: np.ndarray, shape: tuple[int, int], feather: float, factor: int, scratch: Scratch
-) -> np.ndarray:
+def visible_alpha(ids: np.ndarray, shape: tuple[int, int], feather: float, factor: int, scratch: Scratch) -> np.ndarray:
     """Alpha in 0..1 (float32, ``shape``) from ``ids``, a 1/``factor`` resolution map of the
     triangle under each pixel (−1 none, ``HOLE`` an opening, ≥ 0 painted): 1 well inside the
     painted surface, 0 outside it and in the openings, with soft edges ``feather`` px wide

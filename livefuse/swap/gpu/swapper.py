@@ -92,7 +92,10 @@ def model_io(runner: Runner, target: str, source: str) -> ModelIO:
         raise ConfigError(f"model {runner.name!r}: the source input {source!r} has no fixed size")
     batch = specs[target].shape[0]
     return ModelIO(
-        target, source, output.name, latent,
+        target,
+        source,
+        output.name,
+        latent,
         half_input=specs[target].dtype == "tensor(float16)",
         half_output=output.dtype == "tensor(float16)",
         max_batch=batch if isinstance(batch, int) else getattr(runner, "capacity", None),
@@ -118,7 +121,17 @@ def open_cuda_swapper(
 
     def make(width: int, height: int) -> GpuSwapPath:
         model = runner  # has infer_device: a DeviceModel
-        return GpuSwapPath(device, kernels, model, io, crop, latents, width, height,  # type: ignore[arg-type]
-                           max_faces=max_faces, config=config)
+        return GpuSwapPath(
+            device,
+            kernels,
+            model,
+            io,
+            crop,
+            latents,
+            width,
+            height,  # type: ignore[arg-type]
+            max_faces=max_faces,
+            config=config,
+        )
 
     return GpuPairSwapper(make, owned=[kernels])

@@ -55,8 +55,12 @@ def run_batched(runner: Runner, feeds: dict[str, np.ndarray], dynamic: bool) -> 
             start += size
     finally:
         if runner.batch_limit != before:
-            log.warning("model %s ran out of memory on a batch of %d; from now on it runs at most %d per call",
-                        runner.name, tried, runner.batch_limit)
+            log.warning(
+                "model %s ran out of memory on a batch of %d; from now on it runs at most %d per call",
+                runner.name,
+                tried,
+                runner.batch_limit,
+            )
     if len(outs) == 1 and dynamic:
         return outs[0]
     return np.concatenate(outs, axis=0)

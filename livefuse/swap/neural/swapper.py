@@ -54,9 +54,9 @@ def box_mask(size: int, blur: float = 0.3) -> np.ndarray:
     """FaceFusion's default crop mask: ones, a zeroed border, Gaussian-feathered (float32)."""
     amount = int(size * 0.5 * blur)
     border = max(amount // 2, 1)
-    mask = np.zeros((size, size), np.float32)
-    mask[border:-border, border:-border] = 1
-    mask = cv2.GaussianBlur(mask, (0, 0), max(amount * 0.25, 0.5))
+    square = np.zeros((size, size), np.float32)
+    square[border:-border, border:-border] = 1
+    mask = cv2.GaussianBlur(square, (0, 0), max(amount * 0.25, 0.5))
     mask[mask < 1 / 255] = 0  # exact zeros: those pixels are never blended
     return mask
 
