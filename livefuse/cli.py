@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -356,3 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         log.warning("interrupted (%s)", getattr(exc, "name", "SIGINT"))
         return exit_code(exc)
+    except BrokenPipeError:
+        # The reader went away (``livefuse models list | head``): end quietly. stdout points at
+        # /dev/null from here on, so Python's final flush cannot fail with a traceback either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -7,6 +7,7 @@ docs quote (exit code, the words of the message).
 from __future__ import annotations
 
 import http.server
+import shutil
 import signal
 import struct
 import subprocess
@@ -301,3 +302,40 @@ def test_uploads_are_bounded_by_decoded_memory():
     with pytest.raises(ApiError) as caught:
         check_image(png_claiming(4096, 4096, depth16=True), ImageLimits())  # 96 MB: refused
     assert caught.value.status == 422 and "8-bit" in str(caught.value)
+
+
+# -- the remaining option and output cases ------------------------------------------------------
+
+
+def test_a_closed_pipe_on_stdout_ends_quietly(home) -> None:
+    """``livefuse models list | head -0``: the reader is gone; no traceback, exit 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "livefuse", "models", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_a_model_path_that_is_a_directory_gets_one_line(livefuse_home, tmp_path, monkeypatch, capsys, caplog) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(livefuse_home / "samples", home / "samples")
+    (home / "models" / "centerface.onnx").mkdir(parents=True)  # where the model file should be
+    monkeypatch.setenv("LIVEFUSE_HOME", str(home))
+    code = main(
+        [
+            "run",
+            "--source",
+            str(home / "samples" / "biden.jpg"),
+            "--input",
+            str(home / "samples" / "obama.jpg"),
+            "--output",
+            str(tmp_path / "out.png"),
+        ]
+    )
+    assert code == 1
+    assert "centerface.onnx is a directory, not a model file" in caplog.text
+    assert "livefuse models pull centerface" in caplog.text
+    no_traceback(capsys, caplog)
+    assert not (tmp_path / "out.png").exists()

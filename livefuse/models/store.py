@@ -143,6 +143,11 @@ class ModelStore:
     def _check(self, spec: ModelSpec) -> Path:
         """The installed file of ``spec`` after checking its sha256 (cached)."""
         path = self.file(spec)
+        if path.is_dir():
+            raise ModelError(
+                f"model {spec.name!r}: {path} is a directory, not a model file; remove it and run "
+                f"'livefuse models pull {spec.name}' (or 'livefuse models add {spec.name} FILE')"
+            )
         try:
             digest = self._digests.sha256(path)
         except FileNotFoundError:
