@@ -5,6 +5,7 @@ each needs, GPUs, ONNX Runtime/TensorRT/torch and their providers, cuDNN, a pinn
 bandwidth probe, and whether each installed model has a matching TensorRT engine).
 :func:`diagnose` is a pure function from facts to :class:`Problem` s, each with its fix, so it
 is tested with recorded facts from machines we do not have. :func:`render` makes the report.
+Longer than most modules because it is one table of facts and the problems they imply.
 """
 
 from __future__ import annotations

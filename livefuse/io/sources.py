@@ -3,6 +3,9 @@
 Every source writes each frame straight into the caller's pool image (``cv2``'s
 ``read``/``retrieve`` decode in place when the shape matches; otherwise the frame is
 resized into it), so capture allocates nothing per frame.
+
+One module for every kind of source (it is longer than most): they share the capture
+contract, the in-place decode and the pacing helpers, and ``open_source`` chooses among them.
 """
 
 from __future__ import annotations
