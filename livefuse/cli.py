@@ -304,13 +304,18 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(cli, config=args.config)
 
 
+#: Commands that run for hours as services: their log is their record (sessions and jobs
+#: opened and closed), so they log INFO unless told otherwise.
+_SERVICES = frozenset({"serve", "worker", "gateway"})
+
+
 def _log_level(verbose: int, configured: str | None, command: str = "") -> int | str:
     """Quiet by default (warnings and errors; the progress line and summary are not logs),
     ``-v`` INFO, ``-vv`` DEBUG; ``log_level`` from the config or environment otherwise.
-    ``serve`` runs for hours and its log is its record (sessions opened and closed): INFO."""
+    Services (``serve``, ``worker``, ``gateway``) log INFO: their log is their record."""
     if verbose:
         return logging.DEBUG if verbose > 1 else logging.INFO
-    if command == "serve" and (configured or "WARNING").upper() == "WARNING":
+    if command in _SERVICES and (configured or "WARNING").upper() == "WARNING":
         return logging.INFO
     return configured.upper() if configured else logging.WARNING
 
