@@ -24,13 +24,11 @@ from livefuse.io import (
     MemorySink,
     NullSink,
     PacedSource,
-    PreviewSink,
     StreamSource,
     VideoFileSink,
     VideoFileSource,
     open_source,
 )
-from livefuse.io.sinks import display_problem
 from livefuse.pipeline import Pipeline
 from livefuse.pipeline.stages import SourceInfo
 from tests.helpers import NoFaces, Untouched
@@ -503,18 +501,7 @@ def test_fallback_codec_is_used_when_the_first_is_unavailable(tmp_path: Path) ->
     assert stream.codec_context.name == "mpeg4"
 
 
-# -- PreviewSink, MemorySink, NullSink ---------------------------------------------------
-
-
-def test_preview_explains_why_it_cannot_open() -> None:
-    with_gui = "  GUI:                           GTK3\n"
-    headless = "  GUI:                           NONE\n"
-    assert "opencv-python-headless" in (display_problem("Linux", {"DISPLAY": ":0"}, headless) or "")
-    assert "DISPLAY" in (display_problem("Linux", {}, with_gui) or "")
-    assert display_problem("Linux", {"WAYLAND_DISPLAY": "wayland-0"}, with_gui) is None
-    assert display_problem("Windows", {}, with_gui) is None
-    with pytest.raises(OutputError, match="cannot show a preview"):
-        PreviewSink().open(SourceInfo(W, H, 25.0, False, Fraction(1, 25)))  # headless CI
+# -- MemorySink, NullSink (the preview window is tests/test_preview.py) ---------------------------------
 
 
 def test_memory_sink_is_bounded_and_null_sink_counts(video: Path) -> None:

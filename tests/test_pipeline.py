@@ -309,7 +309,7 @@ def test_stop_from_a_sink_callback_does_not_deadlock() -> None:
 
     def quit_at_5(frame: Frame) -> None:
         if frame.index == 5:
-            holder[0].stop()  # as PreviewSink's 'q' key does, from the output thread
+            holder[0].stop()  # as the preview window's 'q' key does, from the output thread
 
     pipeline = Pipeline(CounterSource(n=None), FakeAnalyzer(), MarkingSwapper(), [], on_frame=quit_at_5)
     holder.append(pipeline)

@@ -1,6 +1,6 @@
 """Inputs and outputs: cameras, streams, files, windows and virtual cameras."""
 
-from livefuse.io.sinks import MemorySink, NullSink, PreviewSink, VideoFileSink
+from livefuse.io.sinks import MemorySink, NullSink, VideoFileSink
 from livefuse.io.sources import (
     CameraSource,
     ImageSource,
@@ -17,7 +17,6 @@ __all__ = [
     "MemorySink",
     "NullSink",
     "PacedSource",
-    "PreviewSink",
     "StreamSource",
     "VideoFileSink",
     "VideoFileSource",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import secrets
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -13,7 +12,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import cv2
 import numpy as np
 
 from livefuse.errors import OutputError
@@ -354,56 +352,6 @@ def _close_logged(close: Callable[[], None], what: str) -> None:
         close()
     except Exception as exc:  # noqa: BLE001 - already failing; do not mask the first error
         log.warning("closing %s failed: %s", what, exc)
-
-
-class PreviewSink:
-    """Shows frames in an OpenCV window. 'q' or Esc calls ``on_quit`` (e.g. ``pipeline.stop``).
-
-    Needs a display and an OpenCV build with a GUI: ``open`` says how to get both.
-    """
-
-    def __init__(self, title: str = "livefuse", on_quit: Callable[[], None] | None = None) -> None:
-        self.title = title
-        self.on_quit = on_quit
-        self._shown = False
-
-    def open(self, info: SourceInfo) -> None:
-        """Check that a window can be shown here; the window itself appears with the first frame."""
-        problem = display_problem(platform.system(), os.environ, cv2.getBuildInformation())
-        if problem:
-            raise OutputError(problem)
-
-    def send(self, frame: Frame) -> None:
-        """Show ``frame`` and poll the keyboard."""
-        cv2.imshow(self.title, frame.image)
-        self._shown = True
-        key = cv2.waitKey(1) & 0xFF
-        if key in (ord("q"), 27) and self.on_quit is not None:
-            self.on_quit()
-
-    def close(self) -> None:
-        """Close the window. Idempotent."""
-        if self._shown:
-            self._shown = False
-            _close_logged(lambda: cv2.destroyWindow(self.title), f"preview window {self.title!r}")
-
-
-def display_problem(system: str, environ: Mapping[str, str], cv2_build: str) -> str | None:
-    """Why a preview window cannot be shown here, with the fix; None when it can."""
-    gui_line = next((line for line in cv2_build.splitlines() if line.strip().startswith("GUI:")), "")
-    if gui_line.split(":", 1)[-1].strip().upper() in ("", "NONE"):
-        return (
-            "cannot show a preview: this OpenCV build has no GUI support "
-            "(opencv-python-headless). Run `pip uninstall -y opencv-python-headless && "
-            "pip install opencv-python`, or run without the preview."
-        )
-    if system not in ("Windows", "Darwin") and not (environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY")):
-        return (
-            "cannot show a preview: no display (DISPLAY and WAYLAND_DISPLAY are unset, as over "
-            "SSH or in a container). Run from a desktop session or with `ssh -X`, or drop the "
-            "preview and write to a file or virtual camera instead."
-        )
-    return None
 
 
 class MemorySink:
