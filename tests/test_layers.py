@@ -144,3 +144,15 @@ def test_a_wrong_arrow_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     (fake / "face" / "bad.py").write_text(text + "\n")
     monkeypatch.setattr(f"{__name__}.PACKAGE", fake)
     assert [v.split(": ", 1)[1] for v in violations()] == [expected]
+
+
+def test_the_architecture_page_draws_the_same_layers() -> None:
+    """docs/architecture.md's table names every package on the layer ``LAYERS`` gives it."""
+    import re
+
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    drawn: dict[str, int] = {}
+    for layer, names in re.findall(r"^\| (\d+) \| ([^|]+) \|", page, re.M):
+        for name in re.findall(r"`([^`]+)`", names):
+            drawn["__init__" if name == "livefuse/__init__.py" else name] = int(layer)
+    assert drawn == LAYERS
