@@ -145,9 +145,10 @@ check_run_stops_on_sigterm() {
     # PID 1 gets no default signal actions: without livefuse's own SIGTERM handler this run
     # would ignore docker stop and be killed (137) after the grace period. With it, the run
     # stops at once (143) and, like any stopped run, leaves nothing at the output path.
+    # -v: the INFO line that says the models are loaded tells when the run is under way.
     pm rm -f lfci-run >/dev/null 2>&1 || true
     pm run -d --name lfci-run --no-healthcheck --network none --shm-size=1g -v lfci-data:/data "$IMAGE" \
-        run --input /data/samples/demo.mp4 --output /data/stopped.mp4 --source /data/samples/biden.jpg >/dev/null
+        -v run --input /data/samples/demo.mp4 --output /data/stopped.mp4 --source /data/samples/biden.jpg >/dev/null
     for _ in $(seq 1 120); do
         pm logs lfci-run 2>&1 | grep -q "runs on CPUExecutionProvider" && break
         sleep 0.5
