@@ -286,7 +286,8 @@ class Api:
         )
 
     async def _audit(self, request: web.Request, session_id: str, kind: str, face: str | None) -> None:
-        """Append the new session to the audit log (in a thread: SQLite waits on other writers)."""
+        """Append the new session to the audit log, in the sessions' own bounded executor (SQLite
+        waits on other writers; the loop's default pool would grow a thread per busy moment)."""
         faces = self.manager.choices.faces
         photo = faces.get(face) if face else next(iter(faces.values()), None)
         entry = session_record(
@@ -297,7 +298,7 @@ class Api:
             session_id=session_id,
             kind=kind,
         )
-        await asyncio.to_thread(record, self.manager.settings, entry)
+        await self.manager.services.run(record, self.manager.settings, entry)
 
     async def sessions(self, request: web.Request) -> web.Response:
         """The open sessions."""
