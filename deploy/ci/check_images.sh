@@ -166,7 +166,7 @@ check_run_stops_on_sigterm() {
     pm run --rm --no-healthcheck --network none -v lfci-data:/data --entrypoint python3 "$IMAGE" -c '
 import pathlib, sys
 left = [p.name for p in pathlib.Path("/data").glob("*stopped*")]
-print(f"left at the output path: {left or \"nothing\"}")
+print("left at the output path:", left or "nothing")
 sys.exit(bool(left))' || fail "the stopped run left a file behind"
 }
 
