@@ -315,6 +315,24 @@ def test_job_options_go_through_the_settings_loader() -> None:
             job_settings(base, bad)
 
 
+def test_every_sniffed_kind_has_a_file_extension() -> None:
+    """The shared image sniffer also names BMP: a BMP upload must get a file name, not a 500."""
+    from livefuse.jobs.files import extension, sniff_media
+
+    heads = {
+        b"\xff\xd8\xff\xe0" + bytes(12): ".jpg",
+        b"\x89PNG\r\n\x1a\n" + bytes(8): ".png",
+        b"RIFF\x00\x00\x00\x00WEBPVP8 ": ".webp",
+        b"BM" + bytes(14): ".bmp",
+        bytes(4) + b"ftypisom" + bytes(4): ".mp4",
+        b"\x1a\x45\xdf\xa3" + bytes(12): ".mkv",
+        b"RIFF\x00\x00\x00\x00AVI LIST": ".avi",
+    }
+    for head, ext in heads.items():
+        kind = sniff_media(head)
+        assert kind is not None and extension(kind) == ext, (head, kind)
+
+
 def test_files_refuse_paths_that_are_not_job_ids(tmp_path: Path) -> None:
     files = JobFiles(tmp_path)
     for bad in ("../etc", "j123", "J0123456789abcdef", "j0123456789abcdeg"):

@@ -69,7 +69,9 @@ def is_video(kind: str) -> bool:
 
 
 def extension(kind: str) -> str:
-    return {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "mp4": ".mp4", "mkv": ".mkv", "avi": ".avi"}[kind]
+    return {"jpeg": ".jpg", "bmp": ".bmp", "png": ".png", "webp": ".webp", "mp4": ".mp4", "mkv": ".mkv", "avi": ".avi"}[
+        kind
+    ]
 
 
 def result_extension(target_kind: str) -> str:
