@@ -9,10 +9,14 @@ preview: capture → encode → network → server (decode, track, swap, encode)
 display, the path a user sees.
 
 Runs 480p (640x480) and 720p (1280x720), each with the mesh swapper and with swapping
-off (the same path without face work: the transport's own cost). Prints a Markdown table
-and writes benchmarks/out/webrtc-<date>.json.
+off (the same path without face work: the transport's own cost), for each encoder
+variant asked for: ``vp8`` and ``h264`` (livefuse's real-time encoders, that codec
+preferred), ``aiortc`` (aiortc's own VP8 encoder settings, as before livefuse set its own).
+CPU is counted per process: the server (this process: decode, pipeline, encode) and
+Chromium (camera, encode, decode, display). Prints Markdown tables and writes
+benchmarks/out/webrtc-<date>.json.
 
-Usage: python benchmarks/bench_webrtc.py [--seconds 10] [--sizes 480p,720p]
+Usage: python benchmarks/bench_webrtc.py [--seconds 10] [--sizes 480p,720p] [--variants vp8,h264,aiortc]
 Needs Chromium at /usr/bin/chromium (apt-get install chromium) and the webrtc extra.
 """
 
@@ -25,8 +29,8 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +42,13 @@ from aiohttp import web
 from playwright.async_api import Browser, async_playwright
 
 from livefuse.app import Engine
-from livefuse.config import Settings, load_settings
+from livefuse.config import Settings, VideoCodecChoice, load_settings
 from livefuse.models.files import default_home
 from livefuse.models.install import ModelInstaller
 from livefuse.models.store import ModelStore
 from livefuse.samples import SampleStore
 from livefuse.testing.fakecam import chromium_flags, face_clip, write_y4m
+from livefuse.web import peers
 from livefuse.web.server import ServerConfig, create_app
 
 SIZES = {"480p": (640, 480), "720p": (1280, 720)}
@@ -74,9 +79,11 @@ def loopback_only() -> None:
 
 
 @asynccontextmanager
-async def serving(engine: Engine, settings: Settings) -> AsyncIterator[str]:
+async def serving(engine: Engine, settings: Settings, variant: str) -> AsyncIterator[str]:
     """The server app on an ephemeral 127.0.0.1 port; yields its URL."""
-    runner = web.AppRunner(create_app(ServerConfig(port=0), settings, engine), access_log=None)
+    codec: VideoCodecChoice = "h264" if variant == "h264" else "vp8"
+    app = create_app(ServerConfig(port=0, video_codec=codec), settings, engine)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
@@ -92,7 +99,31 @@ def cpu_ticks() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-async def run_once(browser: Browser, url: str, size: str, swap: bool, seconds: float) -> dict[str, Any]:
+def process_ticks(name: str) -> int:
+    """utime + stime jiffies of every process whose command is ``name`` (Chromium's many)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # the process ended meanwhile
+        comm, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+        if comm.startswith(name):
+            total += int(rest[11]) + int(rest[12])
+    return total
+
+
+def cpu_split() -> dict[str, float]:
+    """CPU seconds so far: the machine (busy), this server process, Chromium."""
+    hz = os.sysconf("SC_CLK_TCK")
+    return {
+        "machine": cpu_ticks()[0] / hz,
+        "server": sum(os.times()[:2]),
+        "browser": process_ticks("chromium") / hz,
+    }
+
+
+async def run_once(browser: Browser, url: str, size: str, swap: bool, seconds: float, variant: str) -> dict[str, Any]:
     """One measurement: open the page, start the camera, measure for ``seconds``."""
     width, height = SIZES[size]
     page = await browser.new_page(viewport={"width": 1400, "height": 900}, bypass_csp=True)
@@ -110,10 +141,10 @@ async def run_once(browser: Browser, url: str, size: str, swap: bool, seconds: f
         session = await page.evaluate("window.livefuse.state.session")
         await asyncio.sleep(WARMUP_S)
         await page.evaluate("lfProbe.clear()")
-        busy0, total0 = cpu_ticks()
+        cpu0 = cpu_split()
         await asyncio.sleep(seconds)
         latencies = np.array(await page.evaluate("lfProbe.latencies()"), np.float64)
-        busy1, total1 = cpu_ticks()
+        cpu1 = cpu_split()
         webrtc = await page.evaluate(STATS_JS)
         async with aiohttp.ClientSession() as http, http.get(f"{url}/api/sessions/{session}") as r:
             server = await r.json()
@@ -125,6 +156,7 @@ async def run_once(browser: Browser, url: str, size: str, swap: bool, seconds: f
     p50, p95 = np.percentile(latencies, [50, 95])
     return {
         "size": size,
+        "variant": variant,
         "swap": "mesh" if swap else "off",
         "latency_ms": {
             "p50": round(float(p50), 1),
@@ -142,12 +174,13 @@ async def run_once(browser: Browser, url: str, size: str, swap: bool, seconds: f
             "detector_rate": server["detector_rate"],
             "size": server["size"],
             "budget_ms": server["budget_ms"],
+            "video": server["video"],
         },
-        "machine_cpu_percent": round(100 * (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1), 0),
+        "cpu_percent": {k: round(100 * (cpu1[k] - cpu0[k]) / seconds) for k in cpu0},
     }
 
 
-async def bench(sizes: list[str], seconds: float, home: Path) -> list[dict[str, Any]]:
+async def bench(sizes: list[str], seconds: float, home: Path, variants: list[str]) -> list[dict[str, Any]]:
     loopback_only()
     settings = load_settings({"home": str(home)}, env={})
     portrait = cv2.imread(str(SampleStore(home).path("obama.jpg")))
@@ -156,16 +189,35 @@ async def bench(sizes: list[str], seconds: float, home: Path) -> list[dict[str, 
         for size in sizes:
             # 90 frames: the counter repeats every 3 s, far above any latency measured.
             camera = write_y4m(Path(tmp) / f"camera-{size}.y4m", face_clip(portrait, SIZES[size], 90))
-            async with serving(engine, settings) as url, async_playwright() as playwright:
-                browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=chromium_flags(camera))
-                try:
-                    for swap in (True, False):
-                        run = await run_once(browser, url, size, swap, seconds)
-                        print(json.dumps(run), file=sys.stderr)
-                        runs.append(run)
-                finally:
-                    await browser.close()
+            for variant in variants:
+                with aiortc_encoders(variant == "aiortc"):
+                    async with serving(engine, settings, variant) as url, async_playwright() as playwright:
+                        browser = await playwright.chromium.launch(
+                            executable_path=CHROMIUM, args=chromium_flags(camera)
+                        )
+                        try:
+                            for swap in (True, False):
+                                run = await run_once(browser, url, size, swap, seconds, variant)
+                                print(json.dumps(run), file=sys.stderr)
+                                runs.append(run)
+                        finally:
+                            await browser.close()
     return runs
+
+
+@contextmanager
+def aiortc_encoders(enabled: bool) -> Iterator[None]:
+    """With ``enabled``, sessions keep aiortc's own encoders (the baseline before livefuse
+    set real-time ones): the benchmark's only patch of the server."""
+    if not enabled:
+        yield
+        return
+    original = peers.use_encoder
+    peers.use_encoder = lambda sender, encoder: False  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        peers.use_encoder = original
 
 
 def machine() -> dict[str, object]:
@@ -177,26 +229,28 @@ def machine() -> dict[str, object]:
 
 def table(runs: list[dict[str, Any]]) -> str:
     rows = [
-        "| size | swap | latency p50 / p95 ms | returned fps | browser sends | server p50 / p95 ms "
-        "| jitter buffer ms | server dropped | detector/frame | machine CPU % |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| size | encoder | swap | latency p50 / p95 ms | returned fps | browser sends | server p50 / p95 ms "
+        "| jitter buffer ms | server dropped | detector/frame | CPU % server / browser / machine |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         sent, received = r["browser"].get("sent", {}), r["browser"].get("received", {})
         server = r["server"]
+        cpu = r["cpu_percent"]
         rows.append(
-            f"| {r['size']} | {r['swap']} | {r['latency_ms']['p50']:.0f} / {r['latency_ms']['p95']:.0f} "
+            f"| {r['size']} | {r['variant']} | {r['swap']} "
+            f"| {r['latency_ms']['p50']:.0f} / {r['latency_ms']['p95']:.0f} "
             f"| {received.get('fps')} | {sent.get('width')}x{sent.get('height')} "
             f"({sent.get('limited_by', '?')}) | {server['latency_ms']['p50']} / {server['latency_ms']['p95']} "
             f"| {received.get('jitter_buffer_ms', 0):.0f} | {server['dropped']['total']} "
-            f"| {server['detector_rate']} | {r['machine_cpu_percent']:.0f} |"
+            f"| {server['detector_rate']} | {cpu['server']} / {cpu['browser']} / {cpu['machine']} |"
         )
     rows += [
         "",
         "Where the server's milliseconds go (p50 / p95; for the stages: queue wait · work):",
         "",
-        "| size | swap | convert in | capture | analyze | swap | output | convert out |",
-        "|---|---|---|---|---|---|---|---|",
+        "| size | encoder | swap | convert in | capture | analyze | swap | output | convert out |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         b = r["server"]["budget_ms"]
@@ -205,7 +259,8 @@ def table(runs: list[dict[str, Any]]) -> str:
             for s in ("capture", "analyze", "swap", "output")
         )
         rows.append(
-            f"| {r['size']} | {r['swap']} | {b['convert_in']['p50']}/{b['convert_in']['p95']} | {stages} "
+            f"| {r['size']} | {r['variant']} | {r['swap']} "
+            f"| {b['convert_in']['p50']}/{b['convert_in']['p95']} | {stages} "
             f"| {b['convert_out']['p50']}/{b['convert_out']['p95']} |"
         )
     return "\n".join(rows)
@@ -215,6 +270,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="measuring time per run (10)")
     parser.add_argument("--sizes", default="480p,720p")
+    parser.add_argument("--variants", default="vp8,h264,aiortc", help="encoders to compare (vp8,h264,aiortc)")
     args = parser.parse_args()
     if not Path(CHROMIUM).exists():
         print(f"bench_webrtc needs Chromium at {CHROMIUM}: apt-get install -y chromium", file=sys.stderr)
@@ -222,7 +278,7 @@ def main() -> int:
     home = Path(os.environ.get("LIVEFUSE_HOME") or default_home())
     ModelInstaller(ModelStore(home)).pull()
     SampleStore(home).pull()
-    runs = asyncio.run(bench(args.sizes.split(","), args.seconds, home))
+    runs = asyncio.run(bench(args.sizes.split(","), args.seconds, home, args.variants.split(",")))
     OUT.mkdir(exist_ok=True)
     results = {"machine": machine(), "swapper": "mesh", "seconds": args.seconds, "runs": runs}
     path = OUT / f"webrtc-{results['machine']['date']}.json"

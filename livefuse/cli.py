@@ -19,6 +19,7 @@ from livefuse.config import (
     MaskStyle,
     RuntimeName,
     Settings,
+    VideoCodecChoice,
     integer,
     load_settings,
     number,
@@ -196,6 +197,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=_ranged(integer(1, 64)),
         default=4,
         help="concurrent streams, 1..64 (4)",
+    )
+    serve.add_argument(
+        "--video-codec",
+        dest="video_codec",
+        choices=get_args(VideoCodecChoice),
+        default="auto",
+        help="codec preferred with browsers (auto: H.264, in hardware where NVENC/QSV/AMF/VideoToolbox opens)",
+    )
+    serve.add_argument(
+        "--no-hardware-encoder",
+        dest="hardware_encoder",
+        action="store_false",
+        help="encode in software even where NVENC, Quick Sync, AMF or VideoToolbox would open",
     )
     serve.add_argument("--vcam", action="store_const", const=True, default=None, help="also send to a virtual camera")
     serve.add_argument("--vcam-device", dest="vcam_device", default=None, help="virtual camera (Linux: /dev/videoN)")

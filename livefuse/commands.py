@@ -289,7 +289,14 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     from livefuse.jobs.setup import jobs_config, jobs_routes
     from livefuse.web.server import Extension
 
-    config = web.ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions)
+    config = web.ServerConfig(
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        max_sessions=args.max_sessions,
+        video_codec=args.video_codec,
+        hardware_encoder=args.hardware_encoder,
+    )
     jobs = jobs_config(args, settings)
     listening = None
     if jobs.queue:  # a worker behind 'livefuse gateway': it registers in the same Redis

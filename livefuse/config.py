@@ -53,6 +53,8 @@ MaskName = Literal["occlusion", "parser", "mouth"]
 "Extra masks: occlusion (XSeg), parser (BiSeNet face parts), mouth."
 MaskStyle = Literal["face", "insightface"]
 "The neural paste-back's mask: the face outline at full opacity, or insightface's own (parity)."
+VideoCodecChoice = Literal["auto", "vp8", "h264"]
+"The codec ``serve`` prefers with browsers: auto (H.264, by a hardware encoder where one opens), vp8, h264."
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 #: The swapper built into livefuse (no weights); every other swapper is a model of the manifest.

@@ -170,6 +170,8 @@ def test_demo_page_in_chromium_swaps_the_camera_face_and_switches_off_live(
                 overlay = await page.text_content("#stats")
                 assert overlay and "fps" in overlay and "detector" in overlay and "dropped" in overlay
                 await page.screenshot(path=str(screenshot))
+                # Chromium offers VP8 first; the server's preference, H.264, is what both send.
+                assert (await srv.stats(session))["video"]["codec"] == "h264"
 
                 viewer = await browser.new_page(bypass_csp=True)  # what OBS's Browser Source loads
                 await viewer.goto(f"{srv.url}/view/{session}")

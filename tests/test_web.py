@@ -311,6 +311,8 @@ def test_page_session_swaps_live_keeps_timestamps_and_feeds_viewers(
 
             stats = await srv.stats(session)
             assert stats["state"] == "running" and stats["size"] == [640, 480]
+            # aiortc offers both codecs: the server's preferred H.264, by its real-time encoder.
+            assert stats["video"]["codec"] == "h264" and stats["video"]["encoder"].startswith("h264 (")
             assert stats["frames_out"] > 0 and stats["latency_ms"]["p50"] is not None
             assert 0 < stats["detector_rate"] <= 1
             budget = stats["budget_ms"]  # where a frame's milliseconds go on the server

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from livefuse.web.encoders import SOFTWARE, EncoderChoice
 from livefuse.web.errors import ApiError
 from livefuse.web.uploads import ImageLimits
 
@@ -22,6 +23,8 @@ class SessionLimits:
     "A session that receives no video for this long is closed."
     ice_servers: tuple[str, ...] = ()
     image: ImageLimits = ImageLimits()
+    encoders: EncoderChoice = SOFTWARE
+    "The codec preferred and the encoders of the returned stream (``encoders.choose_encoder``)."
 
 
 @dataclass(frozen=True, slots=True)

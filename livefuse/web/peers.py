@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
+from livefuse.web.encoders import EncoderChoice, codec_order, make_encoder, negotiated_codec, use_encoder
 from livefuse.web.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -38,28 +39,41 @@ def check_offer_sdp(sdp: object) -> str:
     return sdp
 
 
-async def answer_offer(pc: RTCPeerConnection, sdp: str, send: MediaStreamTrack | None = None) -> str:
+async def answer_offer(
+    pc: RTCPeerConnection,
+    sdp: str,
+    send: MediaStreamTrack | None = None,
+    encoders: EncoderChoice | None = None,
+) -> str:
     """Apply the remote offer ``sdp`` to ``pc`` and return the local answer's SDP.
 
     ``send``, when given, goes back on the offer's video section (the demo page's
-    sendrecv, a WHEP viewer's recvonly).
+    sendrecv, a WHEP viewer's recvonly). ``encoders``, when given, puts its preferred
+    codec first and encodes ``send`` with its encoder for the codec agreed on; without
+    it aiortc's own encoders run.
 
     The answer carries every ICE candidate (aiortc gathers before it returns), so no
     trickle ICE is needed. A malformed or unusable offer raises ``ApiError`` 400.
     """
     try:
+        if encoders is not None:
+            # The offer's video section takes this transceiver, and with it the preference.
+            pc.addTransceiver("video", direction="recvonly").setCodecPreferences(codec_order(encoders.codec))
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
     except Exception as exc:  # noqa: BLE001 - aiortc's parser raises many kinds; all are the client's fault
         log.debug("bad offer", exc_info=True)
         raise ApiError(400, f"the SDP offer is malformed or unsupported: {_brief(exc)}") from None
-    if send is not None:
-        pc.addTrack(send)  # reuses the offer's video transceiver
+    sender = pc.addTrack(send) if send is not None else None  # reuses the offer's video transceiver
     try:
         await pc.setLocalDescription(await pc.createAnswer())
     except Exception as exc:  # noqa: BLE001 - same: no common codec, bad transport parameters
         log.debug("cannot answer", exc_info=True)
         raise ApiError(400, f"cannot answer the offer ({_brief(exc)}); livefuse takes VP8 or H.264 video") from None
-    return str(pc.localDescription.sdp)
+    answer = str(pc.localDescription.sdp)
+    codec = negotiated_codec(answer)
+    if sender is not None and encoders is not None and codec is not None:
+        use_encoder(sender, make_encoder(encoders.spec(codec)))
+    return answer
 
 
 def _brief(exc: Exception) -> str:

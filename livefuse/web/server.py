@@ -44,10 +44,11 @@ from aiohttp import web
 
 from livefuse.app import Engine, home_of
 from livefuse.audit.records import record, session_record
-from livefuse.config import Settings
+from livefuse.config import Settings, VideoCodecChoice
 from livefuse.errors import ConfigError
 from livefuse.models.store import ModelStore
 from livefuse.samples import SampleStore
+from livefuse.web.encoders import choose_encoder
 from livefuse.web.errors import ApiError
 from livefuse.web.guard import RequestLimits, check_declared_type, guard_middleware
 from livefuse.web.health import add_health_route
@@ -91,6 +92,10 @@ class ServerConfig:
     max_image_side: int = MAX_IMAGE_SIDE
     ice_servers: tuple[str, ...] = field(default_factory=tuple)
     "STUN/TURN URLs for peers behind NAT; none by default (nothing outside is contacted)."
+    video_codec: VideoCodecChoice = "auto"
+    "The codec preferred with browsers: auto (H.264, in hardware where an encoder opens), vp8, h264."
+    hardware_encoder: bool = True
+    "Try hardware H.264 encoders (NVENC, Quick Sync, AMF, VideoToolbox) before software."
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -119,6 +124,7 @@ class ServerConfig:
             idle_timeout_s=self.idle_timeout_s,
             ice_servers=self.ice_servers,
             image=ImageLimits(self.max_upload_bytes, self.max_image_side),
+            encoders=choose_encoder(self.video_codec, self.hardware_encoder),
         )
 
 
@@ -256,7 +262,7 @@ class Api:
 
     async def settings_view(self, request: web.Request) -> web.Response:
         """What the page needs to draw its controls."""
-        limits = self.config.limits().image
+        limits = self.manager.limits.image
         s = self.manager.settings.swap
         defaults = {"swapper": s.swapper, "enhancer": s.enhancer, "masks": sorted(s.masks), "keep_mouth": s.keep_mouth}
         return web.json_response(
@@ -330,7 +336,7 @@ class Api:
             raise ApiError(
                 415,
                 "send the photo as the raw request body with an image/* Content-Type "
-                f"({self.config.limits().image.describe()})",
+                f"({self.manager.limits.image.describe()})",
             )
         data = await request.read()
         check_declared_type(request.content_type, sniff(data))

@@ -32,6 +32,7 @@ from livefuse.pipeline.pipeline import Pipeline
 from livefuse.pipeline.stages import Sink, Swapper
 from livefuse.provenance.options import label_sink
 from livefuse.web.controls import LiveAnalyzer, LiveSwapper, SwapControls, SwapState, with_choices
+from livefuse.web.encoders import VideoCodec, negotiated_codec
 from livefuse.web.errors import ApiError
 from livefuse.web.media import HubSink, Opened, TrackSource
 from livefuse.web.options import Choices, SessionLimits
@@ -117,6 +118,8 @@ class Session:
         self.closed = False
         self.warning: str | None = None
         "A problem the user should know about (shown on the page), e.g. no virtual camera."
+        self.codec: VideoCodec | None = None
+        "The video codec agreed with the page or the WHIP sender (vp8, h264)."
 
     @property
     def state(self) -> str:
@@ -159,9 +162,16 @@ class Session:
             "budget_ms": self._budget(run),
             "errors": run.errors if run else {},
             "viewers": len(self.viewers),
+            "video": self._video(),
             "warning": self.warning,
             **self.controls.state.public(),
         }
+
+    def _video(self) -> dict[str, Any]:
+        """The codec agreed and what encodes the returned stream with it."""
+        if self.codec is None:
+            return {"codec": None, "encoder": None}
+        return {"codec": self.codec, "encoder": self.services.limits.encoders.spec(self.codec).describe()}
 
     def _budget(self, run: RunStats | None) -> dict[str, Any]:
         """Where a frame's milliseconds go on the server: the conversion from the decoder's
@@ -232,7 +242,9 @@ class Session:
             if pc.connectionState in ("failed", "closed"):
                 await self.close(f"its connection is {pc.connectionState}")
 
-        answer = await answer_offer(pc, offer, send=self.hub.subscribe() if send_back else None)
+        send = self.hub.subscribe() if send_back else None
+        answer = await answer_offer(pc, offer, send, self.services.limits.encoders)
+        self.codec = negotiated_codec(answer)
         if not video:
             raise ApiError(400, "the offer has no video track livefuse can decode (VP8 or H.264)")
         return answer
@@ -371,7 +383,7 @@ class Session:
                 await self.close_viewer(viewer_id)
 
         try:
-            answer = await answer_offer(pc, offer, send=track)
+            answer = await answer_offer(pc, offer, track, self.services.limits.encoders)
         except BaseException:
             await self.close_viewer(viewer_id)
             raise
