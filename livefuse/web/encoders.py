@@ -58,6 +58,9 @@ KEYFRAME_EVERY = 300
 #: The rate the encoders are told to expect; the real pacing is the frames' own pts.
 FRAME_RATE = 30
 
+#: The RTP video clock, the time base of the frames aiortc decodes (and livefuse returns).
+VIDEO_TIME_BASE = Fraction(1, 90_000)
+
 
 @dataclass(frozen=True, slots=True)
 class EncoderSpec:
@@ -111,14 +114,17 @@ H264_HARDWARE = (
 )
 
 
-def open_codec(spec: EncoderSpec, width: int, height: int, bitrate: int) -> VideoCodecContext:
-    """An opened encoder for ``width`` x ``height`` frames at ``bitrate`` bits/s (CBR)."""
+def open_codec(
+    spec: EncoderSpec, width: int, height: int, bitrate: int, time_base: Fraction = VIDEO_TIME_BASE
+) -> VideoCodecContext:
+    """An opened encoder for ``width`` x ``height`` frames at ``bitrate`` bits/s (CBR),
+    whose pts count in ``time_base`` (rate control spreads the bits by them)."""
     codec = av.CodecContext.create(spec.name, "w")
     assert isinstance(codec, VideoCodecContext)
     codec.width, codec.height = width, height
     codec.pix_fmt = spec.pix_fmt
     codec.bit_rate = bitrate
-    codec.time_base = Fraction(1, FRAME_RATE)
+    codec.time_base = time_base
     codec.framerate = Fraction(FRAME_RATE, 1)
     codec.gop_size = KEYFRAME_EVERY
     # Constant bitrate with a one-second buffer, as aiortc does: the sender's estimate is
@@ -212,15 +218,19 @@ class RealtimeEncoder:
         return self.pack(packet)
 
     def _codec_for(self, frame: av.VideoFrame) -> VideoCodecContext:
-        """The open codec, reopened when the size changes or the bitrate moves by > 10 %."""
+        """The open codec, reopened when the size or time base changes or the bitrate moves
+        by > 10 %."""
         codec = self._codec
+        time_base = frame.time_base or VIDEO_TIME_BASE
         if codec is not None and (
             (codec.width, codec.height) != (frame.width, frame.height)
+            or codec.time_base != time_base
             or abs(self.target_bitrate - (codec.bit_rate or 0)) > 0.1 * (codec.bit_rate or 0)
         ):
             codec = None
         if codec is None:
-            codec = self._codec = open_codec(self._spec, frame.width, frame.height, self.target_bitrate)
+            codec = open_codec(self._spec, frame.width, frame.height, self.target_bitrate, time_base)
+            self._codec = codec
         return codec
 
 
