@@ -3,7 +3,7 @@
 aiortc encodes every outgoing frame itself, with settings made for quality rather than
 for a machine that also swaps faces: VP8 with its denoiser on (``noise-sensitivity 4``,
 the camera-noise filter: 43 % of the encode here) and H.264 at libx264's default preset
-(medium: 27 ms a 720p frame on one core of the 2-core development VM, against 3-5 ms
+(medium: 27 ms a 720p frame on one core of the 2-core development VM, against 5 ms
 for the settings below). livefuse gives each outgoing track its own encoder instead,
 made from an :class:`EncoderSpec`:
 
@@ -14,9 +14,9 @@ made from an :class:`EncoderSpec`:
   B-frames), or VP8 (libvpx) at aiortc's speed with the denoiser off.
 
 H.264 is preferred even in software: side by side on the 2-core development VM with
-Chromium on the same cores, Chromium spent 15-25 % less CPU on an H.264 call than on a
-VP8 one (its H.264 encoder is the cheaper), and the server no more
-(``benchmarks/bench_webrtc.py``, RESULTS §11). A browser that offers no H.264 gets VP8.
+Chromium on the same cores, Chromium spent 13-20 % less CPU on an H.264 call than on a
+VP8 one, and the server no more (``benchmarks/bench_webrtc.py``, RESULTS §11). A browser
+that offers no H.264 gets VP8.
 
 The encoders keep aiortc's own bitrate control: the sender raises or lowers
 ``target_bitrate`` from the receiver's REMB estimates, and the codec reopens when it
