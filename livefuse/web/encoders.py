@@ -184,7 +184,7 @@ def choose_encoder(codec: VideoCodecChoice = "auto", hardware: bool = True) -> E
         "; ".join(s.describe() for s in choice.specs.values()),
     )
     if failures:
-        log.debug("hardware encoders passed over: %s", "; ".join(failures))
+        log.info("hardware H.264 encoders passed over: %s", "; ".join(failures))
     return choice
 
 
