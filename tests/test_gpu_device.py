@@ -17,6 +17,7 @@ from livefuse.faces import Faces
 from livefuse.runtime.ort import OrtRunner
 from livefuse.swap.gpu.kernels import BLOCK, ArgPack, grid_for
 from livefuse.swap.gpu.path import GpuSwapPath, ModelIO
+from livefuse.swap.neural.swapper import NeuralConfig
 from livefuse.testing import emulate
 from tests.helpers import cuda_gpus, small_swap_model
 from tests.test_gpu_kernels import MATRICES, input_format, scene, spec_for
@@ -113,21 +114,27 @@ class RoundTripModel:
         check(cudart.cudaMemcpy(outputs["output"], result.ctypes.data, result.nbytes, kind), "test model out")
 
 
-def test_the_frame_path_on_cuda_streams_equals_the_emulated_path(gpu: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("config", [CONFIG, NeuralConfig(colour=True, relight=True)], ids=["plain", "relit"])
+def test_the_frame_path_on_cuda_streams_equals_the_emulated_path(
+    gpu: Any, tmp_path: Path, config: NeuralConfig
+) -> None:
+    """Frame by frame: "relit" runs the colour moments and the light kernels on the device too
+    (the colour map applies from the second frame on both)."""
     device, kernels = gpu
     image, faces = scene(H, W, seed=4), faces_at(PLACES)
     faces = Faces(faces.boxes, faces.scores, faces.kps, track_ids=np.array([1, 2, 3]))
+    outputs: dict[str, list[np.ndarray]] = {"gpu": [], "emulated": []}
     with OrtRunner(small_swap_model(tmp_path / "swap.onnx"), threads=2) as runner:
         io = ModelIO("target", "source", "output", 512)
-        outputs = []
-        with GpuSwapPath(device, kernels, RoundTripModel(runner), io, SPEC, LATENTS, W, H, config=CONFIG) as path:
+        with (
+            GpuSwapPath(device, kernels, RoundTripModel(runner), io, SPEC, LATENTS, W, H, config=config) as path,
+            make_path(runner, emulate.build(tmp_path), emulate.HostDevice()) as emulated,
+        ):
+            emulated.config = config
             for _ in range(3):
-                slot = path.submit(image, faces, PAIRS)
-                outputs.append(path.result(slot).copy())  # type: ignore[union-attr]
-                path.release(slot)
-        with make_path(runner, emulate.build(tmp_path), emulate.HostDevice()) as emulated:
-            slot = emulated.submit(image, faces, PAIRS)
-            reference = emulated.result(slot).copy()  # type: ignore[union-attr]
-            emulated.release(slot)
-    for out in outputs:
+                for name, run in (("gpu", path), ("emulated", emulated)):
+                    slot = run.submit(image, faces, PAIRS)
+                    outputs[name].append(run.result(slot).copy())  # type: ignore[union-attr]
+                    run.release(slot)
+    for out, reference in zip(outputs["gpu"], outputs["emulated"]):
         assert np.abs(out.astype(int) - reference.astype(int)).max() <= 1
