@@ -174,7 +174,7 @@ def main() -> int:
         image = cv2.resize(np.random.default_rng(1).integers(0, 256, (90, 160, 3), np.uint8), (width, height))
         for count in counts:
             faces = faces_for(width, height, count, crop.size, crop.template)
-            config = NeuralConfig(colour=True)
+            config = NeuralConfig(colour=True, relight=True)  # as the app runs it
             with GpuSwapPath(device, kernels, model, io, crop, latents, width, height, config=config) as path:
                 latency_ms(path, image, faces, max(frames // 10, 1))  # warm-up: graphs, caches
                 times = latency_ms(path, image, faces, frames)

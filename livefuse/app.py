@@ -188,7 +188,7 @@ class Engine:
             enhance_every=s.enhance_every,
             enhance_strength=s.enhance_strength,
             mask_style=s.mask_style,
-            relight=s.frame_path == "cpu",
+            relight=True,  # both frame paths relight (the GPU path in its own kernels)
         )
         if s.frame_path == "gpu":
             return self._gpu_path(model, latents, config, s)

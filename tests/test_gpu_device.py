@@ -17,9 +17,10 @@ from livefuse.faces import Faces
 from livefuse.runtime.ort import OrtRunner
 from livefuse.swap.gpu.kernels import BLOCK, ArgPack, grid_for
 from livefuse.swap.gpu.path import GpuSwapPath, ModelIO
+from livefuse.swap.neural.swapper import NeuralConfig
 from livefuse.testing import emulate
 from tests.helpers import cuda_gpus, small_swap_model
-from tests.test_gpu_kernels import MATRICES, input_format, scene, spec_for
+from tests.test_gpu_kernels import MATRICES, input_format, random_output, scene, spec_for
 from tests.test_gpu_path import CONFIG, LATENTS, PAIRS, PLACES, SPEC, H, S, W, faces_at, make_path
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(cuda_gpus() == 0, reason="needs cuda-python and an NVIDIA GPU")]
@@ -130,4 +131,42 @@ def test_the_frame_path_on_cuda_streams_equals_the_emulated_path(gpu: Any, tmp_p
             reference = emulated.result(slot).copy()  # type: ignore[union-attr]
             emulated.release(slot)
     for out in outputs:
+        assert np.abs(out.astype(int) - reference.astype(int)).max() <= 1
+
+
+class FixedRunner:
+    """Answers every face with one fixed model output: the device and the emulated path then
+    get the very same output, so any difference between them is the kernels' alone."""
+
+    outputs = [type("Output", (), {"name": "output"})()]
+
+    def __init__(self, item: np.ndarray) -> None:
+        self.item = item
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.repeat(self.item[None], len(feeds["target"]), 0)]
+
+
+def test_relighting_on_cuda_streams_equals_the_emulated_path(gpu: Any, tmp_path: Path) -> None:
+    """The colour moments, the light kernels and the relit paste on the device, frame by frame
+    against the emulator (the colour map applies from the second frame on both)."""
+    device, kernels = gpu
+    image, faces = scene(H, W, seed=4), faces_at(PLACES)
+    faces = Faces(faces.boxes, faces.scores, faces.kps, track_ids=np.array([1, 2, 3]))
+    runner = FixedRunner(random_output(SPEC, 3))
+    config = NeuralConfig(colour=True, relight=True)
+    io = ModelIO("target", "source", "output", 512)
+    outputs: dict[str, list[np.ndarray]] = {"gpu": [], "emulated": []}
+    with (
+        GpuSwapPath(device, kernels, RoundTripModel(runner), io, SPEC, LATENTS, W, H, config=config) as path,  # type: ignore[arg-type]
+        make_path(runner, emulate.build(tmp_path), emulate.HostDevice()) as emulated,  # type: ignore[arg-type]
+    ):
+        emulated.config = config
+        for _ in range(3):
+            for name, run in (("gpu", path), ("emulated", emulated)):
+                slot = run.submit(image, faces, PAIRS)
+                outputs[name].append(run.result(slot).copy())  # type: ignore[union-attr]
+                run.release(slot)
+    assert np.any(outputs["emulated"][1] != outputs["emulated"][0])  # the colour map came in
+    for out, reference in zip(outputs["gpu"], outputs["emulated"]):
         assert np.abs(out.astype(int) - reference.astype(int)).max() <= 1

@@ -19,8 +19,21 @@ from livefuse.geometry import align
 from livefuse.geometry.crop import CropSpec
 from livefuse.scratch import Scratch
 from livefuse.swap.blend import colour_transfer, transfer_from_sums
-from livefuse.swap.gpu.kernels import BLOCK, MOMENTS, ArgPack, InputFormat, OutputFormat, grid_for
-from livefuse.swap.neural.swapper import box_mask
+from livefuse.swap.gpu.kernels import (
+    BLOCK,
+    LIGHT_CELL,
+    LIGHT_MAP,
+    MOMENTS,
+    SIGNATURES,
+    ArgPack,
+    Colour,
+    InputFormat,
+    Light,
+    OutputFormat,
+    grid_for,
+)
+from livefuse.swap.neural.swapper import RELIGHT_FACE, box_mask
+from livefuse.swap.relight import grid_size, relight
 from livefuse.testing import emulate
 
 TEMPLATE = np.array([[0.34, 0.46], [0.66, 0.46], [0.5, 0.64], [0.37, 0.82], [0.63, 0.82]], np.float32)
@@ -148,7 +161,9 @@ def paste_on_gpu(
     m: np.ndarray,
     transfer: np.ndarray | None,
     half: bool,
+    light: np.ndarray | None = None,
 ) -> None:
+    """Face ``output`` pasted through ``m``, relit by the (cells, cells, 6) ``light`` map if given."""
     box = align.paste_box(mask, m, frame.shape)
     assert box is not None
     x0, y0, x1, y1 = box
@@ -158,7 +173,8 @@ def paste_on_gpu(
     pack = ArgPack("lf_paste_output")
     pack.values[10].set(m)
     pack.values[11].set(transfer)
-    pack.set(ptr(frame), frame.strides[0], x0, y0, x1 - x0, y1 - y0, ptr(out), fmt, spec.size, ptr(mask), None, None)
+    args = (ptr(frame), frame.strides[0], x0, y0, x1 - x0, y1 - y0, ptr(out), fmt, spec.size, ptr(mask), None, None)
+    pack.set(*args, None if light is None else ptr(light), 0 if light is None else light.shape[0])
     kernels.launch(pack, grid_for(x1 - x0, y1 - y0), BLOCK, None)
 
 
@@ -268,7 +284,7 @@ def test_nvrtc_compiles_the_kernels_for_each_gpu_generation(arch: str) -> None:
     cubin = compile_kernels(arch)
     assert cubin[:4] == b"\x7fELF"  # device code, not an error text
     ptx = compile_kernels(arch, cubin=False).decode()
-    for name in ("lf_crop_input", "lf_paste_output", "lf_colour_moments", "lf_bgr_to_yuv420"):
+    for name in SIGNATURES:
         assert f".entry {name}(" in ptx
 
 
@@ -299,3 +315,82 @@ def test_colour_moments_give_the_cpu_colour_transfer(kernels: emulate.EmulatedKe
         # Mapped colours agree within half a grey level over the whole 0..255 cube.
         corners = np.array([[b, g, r, 1.0] for b in (0, 255) for g in (0, 255) for r in (0, 255)])
         assert np.abs(corners @ gpu_map.T - corners @ cpu_map.T).max() < 0.5
+
+
+def light_maps(
+    kernels: emulate.EmulatedKernels,
+    frame: np.ndarray,
+    outputs: np.ndarray,
+    spec: CropSpec,
+    transfer: np.ndarray | None,
+    skin: np.ndarray | None = None,
+) -> np.ndarray:
+    """Every face's (cells, cells, 6) light map from lf_light_cells (one launch per face, as
+    the path does) and lf_light_map (one launch for all)."""
+    s, n = spec.size, len(MATRICES)
+    cells = grid_size((s, s), RELIGHT_FACE * s)[0]
+    to_frame = np.stack([cv2.invertAffineTransform(m) for m in MATRICES]).astype(np.float32)
+    box = box_mask(s) if skin is None else skin
+    grid = np.full((n, cells, cells, LIGHT_CELL), np.nan, np.float32)
+    fmt = OutputFormat()
+    fmt.set(spec, False)
+    colour = Colour()
+    colour.set(transfer)
+    h, w = frame.shape[:2]
+    pack = ArgPack("lf_light_cells")
+    for k in range(n):
+        face = ptr(outputs) + k * outputs[0].nbytes
+        args = (ptr(frame), frame.strides[0], w, h, ptr(to_frame) + k * 24, face, fmt, s, ptr(box), colour, cells)
+        pack.set(*args, ptr(grid) + k * grid[0].nbytes)
+        kernels.launch(pack, grid_for(cells, cells, 1, (16, 16, 1)), (16, 16, 1), None)
+    maps = np.full((n, cells, cells, LIGHT_MAP), np.nan, np.float32)
+    light = Light()
+    light.set(cells)
+    pack = ArgPack("lf_light_map")
+    pack.set(ptr(grid), light, ptr(maps))
+    kernels.launch(pack, grid_for(cells, cells, n, (16, 16, 1)), (16, 16, 1), None)
+    return maps
+
+
+@pytest.mark.parametrize("colour", [False, True], ids=["plain", "with-colour-map"])
+def test_relit_paste_matches_the_cpu_relighting(kernels: emulate.EmulatedKernels, colour: bool) -> None:
+    """lf_light_cells + lf_light_map + lf_paste_output give the CPU swapper's
+    relight() then paste_back(), on faces lit unlike their targets."""
+    spec = spec_for(rgb=True, nchw=True)
+    transfer = TRANSFER if colour else None
+    frame = scene(seed=15)
+    s = spec.size
+    skin = (box_mask(s) > 0.5).astype(np.float32)
+    outputs = np.stack([random_output(spec, 20 + k) for k in range(len(MATRICES))])
+    maps = light_maps(kernels, frame, outputs, spec, transfer)
+    assert np.isfinite(maps).all()
+    gpu, cpu, unlit = frame.copy(), frame.copy(), frame.copy()
+    for k, m in enumerate(MATRICES):
+        mask = face_mask(s, k)
+        face = spec.to_image(outputs[k])
+        if transfer is not None:
+            face = cv2.transform(face, transfer)
+        target = align.crop(frame, m, s)
+        align.paste_back(unlit, face, mask, m, Scratch())
+        align.paste_back(cpu, relight(face, target, skin, RELIGHT_FACE * s, Scratch()), mask, m, Scratch())
+        paste_on_gpu(kernels, gpu, outputs[k], spec, mask, m, transfer, False, maps[k])
+    assert np.abs(cpu.astype(int) - unlit.astype(int)).max() > 40  # relighting changes these faces a lot
+    diff = np.abs(gpu.astype(int) - cpu.astype(int))
+    # Measured: plain, within 1 level (0.002 % of pixels differ at all); with the colour map,
+    # within 2 levels, > 1 on 0.009 % (the map's own rounding, as in the unlit paste above).
+    # The cell averages are OpenCV's to the bit except where the target crop's bilinear weights
+    # (OpenCV: 5-bit fixed point; the kernel: float) move a rounded average by a level.
+    assert diff.max() <= (2 if colour else 1), diff.max()
+    assert np.mean(diff > 1) < 0.0005, np.mean(diff > 1)
+
+
+def test_too_little_skin_leaves_the_face_as_it_is(kernels: emulate.EmulatedKernels) -> None:
+    """As relight() does when the skin covers under MIN_SKIN cells: gain 1, offset 0."""
+    spec = spec_for(rgb=True, nchw=True)
+    s = spec.size
+    skin = np.zeros((s, s), np.float32)
+    skin[60:70, 60:70] = 1  # under one cell
+    outputs = np.stack([random_output(spec, 30 + k) for k in range(len(MATRICES))])
+    maps = light_maps(kernels, scene(seed=16), outputs, spec, None, skin)
+    assert np.array_equal(maps[..., :3], np.ones_like(maps[..., :3]))
+    assert np.array_equal(maps[..., 3:], np.zeros_like(maps[..., 3:]))

@@ -24,6 +24,7 @@ from livefuse.models.install import ModelInstaller
 from livefuse.models.manifest import load_manifest
 from livefuse.models.store import ModelStore
 from livefuse.runtime.ort import OrtRunner
+from livefuse.swap.gpu.swapper import GpuPairSwapper
 from livefuse.swap.neural.models import SwapModel
 from livefuse.swap.neural.swapper import NeuralConfig, NeuralSwapper
 from livefuse.swap.select import FaceSelector, Mapping, SelectingSwapper
@@ -351,6 +352,25 @@ def test_models_add_refuses_a_file_of_another_role(home, tmp_path, monkeypatch, 
     code = main(["models", "add", "inswapper_128", str(home / "models" / "gfpgan_1.4.onnx")])
     assert code == 1
     assert "inswapper_128" in caplog.text
+
+
+def test_the_gpu_frame_path_is_asked_to_relight_as_the_cpu_one(home, monkeypatch):
+    """Both frame paths get the same neural config, relighting included (issue 10); the GPU
+    path's kernels are checked against the CPU swapper in test_gpu_path.py."""
+    configs = {}
+
+    def fake_open(runner, crop, latents, config, target, source, max_faces):
+        configs["gpu"] = config
+        return GpuPairSwapper(lambda width, height: None)  # type: ignore[arg-type,return-value]
+
+    monkeypatch.setattr("livefuse.app.open_cuda_swapper", fake_open)
+    with engine_for(home, swapper="inswapper_128", frame_path="gpu") as engine:
+        engine.swapper(home / "samples" / "biden.jpg")
+    with engine_for(home, swapper="inswapper_128") as engine:
+        cpu = engine.swapper(home / "samples" / "biden.jpg")
+    neural = cpu.inner if isinstance(cpu, SelectingSwapper) else cpu
+    assert configs["gpu"].relight and configs["gpu"].colour
+    assert configs["gpu"] == neural.config
 
 
 def test_gpu_frame_path_without_a_tensorrt_engine_says_how_to_get_one(home):

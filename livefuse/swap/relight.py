@@ -21,6 +21,24 @@ CELLS = 6
 SIGMA = 1.5
 #: How much of the source's contrast (relative to its light) the result keeps.
 GAMMA = 0.8
+#: The source's light is taken as at least this (grey levels): dark cells do not blow up the gain.
+FLOOR = 8.0
+#: Added to the blurred skin weight: cells far from any skin divide by this, not by 0.
+EPS = 1e-4
+#: Less skin than this (in grid cells) and there is no light to measure: the face stays as it is.
+MIN_SKIN = 4.0
+
+
+def grid_size(shape: tuple[int, int], face_w: float) -> tuple[int, int]:
+    """(w, h) of the light grid over a region of ``shape`` (h, w) with a face ``face_w`` px wide."""
+    return low_res(shape, max(1, int(face_w / CELLS)))
+
+
+def blur_taps() -> np.ndarray:
+    """The light's blur, as ``cv2.GaussianBlur`` makes it for float images at ``SIGMA``: its
+    float32 taps (the GPU frame path applies the very same kernel)."""
+    ksize = int(round(SIGMA * 4 * 2 + 1)) | 1
+    return cv2.getGaussianKernel(ksize, SIGMA, cv2.CV_32F).ravel()
 
 
 def relight(face: np.ndarray, target: np.ndarray, skin: np.ndarray, face_w: float, scratch: Scratch) -> np.ndarray:
@@ -33,22 +51,21 @@ def relight(face: np.ndarray, target: np.ndarray, skin: np.ndarray, face_w: floa
     pale source's detail does not vanish on a dark one.
     """
     shape = face.shape[:2]
-    step = max(1, int(face_w / CELLS))
-    size = low_res(shape, step)
+    size = grid_size(shape, face_w)
     wgt = cv2.resize(skin, size, interpolation=cv2.INTER_AREA)
     total = float(wgt.sum())
-    if total < 4:
+    if total < MIN_SKIN:
         return face
     src = cv2.resize(face, size, interpolation=cv2.INTER_AREA).astype(np.float32)
     dst = cv2.resize(target, size, interpolation=cv2.INTER_AREA).astype(np.float32)
-    weight = cv2.GaussianBlur(wgt, (0, 0), SIGMA) + 1e-4
+    weight = cv2.GaussianBlur(wgt, (0, 0), SIGMA) + EPS
     w3 = wgt[..., None]
     s = cv2.GaussianBlur(src * w3, (0, 0), SIGMA) / weight[..., None]
     d = cv2.GaussianBlur(dst * w3, (0, 0), SIGMA) / weight[..., None]
     # Per channel and per cell: result = target's light × (source / source's light)^γ,
     # linearised as A + B·face. A ratio, not a difference: a dark feature (brows) stays dark
     # and neutral on a paler target instead of shifting hue, and highlights scale with it.
-    scale = GAMMA * d / np.maximum(s, 8.0)
+    scale = GAMMA * d / np.maximum(s, FLOOR)
     offset = (1 - GAMMA) * d
     full = scratch.get("relight_offset", (*shape, 3), np.float32)
     cv2.resize(offset, (shape[1], shape[0]), dst=full, interpolation=cv2.INTER_LINEAR)

@@ -1,5 +1,5 @@
-// livefuse's GPU frame path: face crop + model input, model output + paste-back, and
-// BGR -> YUV 4:2:0 for the virtual camera or an encoder.
+// livefuse's GPU frame path: face crop + model input, model output + relighting + paste-back,
+// and BGR -> YUV 4:2:0 for the virtual camera or an encoder.
 //
 // One source, two compilers: NVRTC compiles it for the GPU (livefuse/swap/gpu/nvrtc.py), and g++
 // compiles it with emulate.hpp (-DLF_EMULATE) into a CPU library that runs every thread of a
@@ -20,7 +20,8 @@
 #define LF_INLINE __device__ __forceinline__
 #endif
 
-#define LF_KERNEL_NAMES(X) X(lf_crop_input) X(lf_paste_output) X(lf_colour_moments) X(lf_bgr_to_yuv420)
+#define LF_KERNEL_NAMES(X)                                                                                   \
+    X(lf_crop_input) X(lf_paste_output) X(lf_colour_moments) X(lf_light_cells) X(lf_light_map) X(lf_bgr_to_yuv420)
 
 struct LfAffine {
     float a, b, c, d, e, f;
@@ -45,6 +46,21 @@ struct LfOutput {
 struct LfColour {
     float m[12];
     int on;
+};
+
+// Most taps of the relighting's Gaussian (2 * radius + 1).
+#define LF_LIGHT_TAPS 17
+
+// The relighting's constants (livefuse.swap.relight), filled in by the host.
+struct LfLight {
+    float taps[LF_LIGHT_TAPS];  // cv2.getGaussianKernel(2 * radius + 1, SIGMA, CV_32F)
+    int radius;
+    int cells;          // the light grid is cells x cells over the crop
+    float gamma;        // GAMMA: how much of the source's contrast the result keeps
+    float offset;       // 1 - GAMMA, rounded to float as numpy rounds it
+    float floor;        // FLOOR: the source's light is taken as at least this
+    float eps;          // EPS: added to the blurred skin weight
+    float min_skin;     // MIN_SKIN: less skin than this over the grid and the face is left as it is
 };
 
 #ifndef LF_EMULATE
@@ -126,12 +142,44 @@ LF_INLINE void lf_face_pixel(const void* out, const LfOutput& fmt, const LfColou
     }
 }
 
+// Face pixel (u, v) relit as livefuse.swap.relight.relight does it: the light map (gain and
+// offset per grid cell, from lf_light_map) scaled up to the crop bilinearly with cv2.resize's
+// pixel-centre convention and clamped border, then face * gain + offset, rounded to uint8.
+LF_INLINE void lf_relight_pixel(const float* map, int cells, int size, int u, int v, float* bgr) {
+    float k = (float)cells / (float)size;
+    float fx = (u + 0.5f) * k - 0.5f, fy = (v + 0.5f) * k - 0.5f;
+    int sx = (int)floorf(fx), sy = (int)floorf(fy);
+    fx -= (float)sx;
+    fy -= (float)sy;
+    // Columns: clamped to the edge cells with the weight moved onto them (as OpenCV does);
+    // rows: clamped indices, weights kept.
+    if (sx < 0) sx = 0, fx = 0.0f;
+    if (sx >= cells - 1) sx = cells - 1, fx = 0.0f;
+    int sx1 = sx + 1 < cells ? sx + 1 : cells - 1;
+    int sy0 = sy < 0 ? 0 : (sy > cells - 1 ? cells - 1 : sy);
+    int sy1 = sy + 1 < 0 ? 0 : (sy + 1 > cells - 1 ? cells - 1 : sy + 1);
+    for (int c = 0; c < 3; ++c) {
+        float at[2];
+        for (int k2 = 0; k2 < 2; ++k2) {  // gain, then offset
+            int ch = 3 * k2 + c;
+            float top = map[(sy0 * cells + sx) * 6 + ch] * (1.0f - fx) + map[(sy0 * cells + sx1) * 6 + ch] * fx;
+            float bottom = map[(sy1 * cells + sx) * 6 + ch] * (1.0f - fx) + map[(sy1 * cells + sx1) * 6 + ch] * fx;
+            at[k2] = top * (1.0f - fy) + bottom * fy;
+        }
+        float relit = bgr[c] * at[0];
+        relit += at[1];
+        bgr[c] = rintf(lf_saturate(relit));
+    }
+}
+
 // Grid covers the w x h frame box at (x0, y0). Each frame pixel maps into the crop with
 // to_crop, and blends the premultiplied face (face * mask) over frame * (1 - mask), rounding
 // where livefuse.geometry.align.paste_back rounds. Where the mask is 0 the pixel is unchanged.
-// `out` is face n's model output, `mask` its S x S float blend mask.
+// `out` is face n's model output, `mask` its S x S float blend mask; `light` its cells x cells
+// light map from lf_light_map, or null for no relighting.
 LF_KERNEL lf_paste_output(unsigned char* frame, int pitch, int x0, int y0, int w, int h, const void* out,
-                          LfOutput fmt, int size, const float* mask, LfAffine to_crop, LfColour colour) {
+                          LfOutput fmt, int size, const float* mask, LfAffine to_crop, LfColour colour,
+                          const float* light, int cells) {
     int x = blockIdx.x * blockDim.x + threadIdx.x;
     int y = blockIdx.y * blockDim.y + threadIdx.y;
     if (x >= w || y >= h) return;
@@ -154,6 +202,7 @@ LF_KERNEL lf_paste_output(unsigned char* frame, int pitch, int x0, int y0, int w
             float alpha = mask[cv * size + cu];
             float bgr[3];
             lf_face_pixel(out, fmt, colour, size, cu, cv, bgr);
+            if (light) lf_relight_pixel(light, cells, size, cu, cv, bgr);
             for (int c = 0; c < 3; ++c) add[c] += weight * rintf(bgr[c] * alpha);
             keep += weight * rintf((1.0f - alpha) * 255.0f);
         }
@@ -213,6 +262,131 @@ LF_KERNEL lf_colour_moments(const unsigned char* frame, int pitch, int width, in
     }
     float* row = rows + ((long)n * size + y) * 13;
     for (int k = 0; k < 13; ++k) row[k] = acc[k];
+}
+
+// Relighting (livefuse.swap.relight.relight), in two small kernels before the paste:
+// lf_light_cells measures the swapped face's and the target's colour and the skin weight on a
+// coarse grid (cv2.resize INTER_AREA), lf_light_map blurs them (cv2.GaussianBlur) and turns
+// them into a gain and an offset per cell; lf_paste_output scales those up and applies them.
+// The grid is ~11 x 11 cells whatever the crop size, so this costs a few thousand threads per
+// face, and it all happens in the frame's own compute: the light is this frame's, as on the
+// CPU path, and nothing extra crosses the bus.
+
+// One axis of cv2.resize's INTER_AREA table (computeResizeAreaTab) for output cell d of n
+// source pixels scaled by `scale`: source pixels first..last, the inner ones weighted 1/width
+// and the partly covered ends by their share. The weights are computed in double and rounded
+// to float, as OpenCV does, so the cell averages are OpenCV's to the bit.
+struct LfSpan {
+    double start, end, width;
+    int inner_first, inner_end, first, last;
+};
+
+LF_INLINE LfSpan lf_area_span(int d, double scale, int n) {
+    LfSpan s;
+    s.start = d * scale;
+    s.end = s.start + scale;
+    s.width = fmin(scale, n - s.start);
+    int sx2 = (int)floor(s.end), sx1 = (int)ceil(s.start);
+    sx2 = sx2 < n - 1 ? sx2 : n - 1;
+    sx1 = sx1 < sx2 ? sx1 : sx2;
+    s.inner_first = sx1;
+    s.inner_end = sx2;
+    s.first = sx1 - s.start > 1e-3 ? sx1 - 1 : sx1;
+    s.last = s.end - sx2 > 1e-3 ? sx2 : sx2 - 1;
+    return s;
+}
+
+LF_INLINE float lf_area_weight(const LfSpan& s, int i) {
+    if (i < s.inner_first) return (float)((s.inner_first - s.start) / s.width);
+    if (i < s.inner_end) return (float)(1.0 / s.width);
+    return (float)(fmin(fmin(s.end - s.inner_end, 1.0), s.width) / s.width);
+}
+
+// Grid: (ceil(cells/bx), ceil(cells/by), 1), one face per launch (its colour map is an
+// argument, as the paste's is). Thread (x, y) writes cell (x, y) of `cells_out`: the swapped
+// face's B, G, R (colour-mapped, as the paste shows it) and the target crop's B, G, R, each the
+// cell's area average rounded to uint8 (the CPU resizes uint8 crops), then the share of skin
+// (box > 0.5) in the cell - 7 floats per cell. `to_frame` points at face n's crop -> frame
+// affine and `out` at its model output.
+LF_KERNEL lf_light_cells(const unsigned char* frame, int pitch, int width, int height, const LfAffine* to_frame,
+                         const void* out, LfOutput fmt, int size, const float* box, LfColour colour, int cells,
+                         float* cells_out) {
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= cells || y >= cells) return;
+    LfAffine m = *to_frame;
+    double scale = 1.0 / ((double)cells / size);  // as cv::resize derives it
+    LfSpan xs = lf_area_span(x, scale, size), ys = lf_area_span(y, scale, size);
+    float acc[7];
+    for (int k = 0; k < 7; ++k) acc[k] = 0.0f;
+    for (int v = ys.first; v <= ys.last; ++v) {
+        float beta = lf_area_weight(ys, v);
+        float row[7];
+        for (int k = 0; k < 7; ++k) row[k] = 0.0f;
+        for (int u = xs.first; u <= xs.last; ++u) {
+            float alpha = lf_area_weight(xs, u);
+            float face[3], target[3];
+            lf_face_pixel(out, fmt, colour, size, u, v, face);
+            lf_sample_bgr(frame, pitch, width, height, m.a * u + m.b * v + m.c, m.d * u + m.e * v + m.f, target);
+            for (int c = 0; c < 3; ++c) {
+                row[c] += face[c] * alpha;
+                row[3 + c] += rintf(target[c]) * alpha;  // the CPU path's crop is uint8
+            }
+            row[6] += (box[v * size + u] > 0.5f ? 1.0f : 0.0f) * alpha;
+        }
+        for (int k = 0; k < 7; ++k) acc[k] += beta * row[k];
+    }
+    float* cell = cells_out + ((long)y * cells + x) * 7;
+    for (int k = 0; k < 6; ++k) cell[k] = rintf(lf_saturate(acc[k]));
+    cell[6] = acc[6];
+}
+
+// OpenCV's BORDER_REFLECT_101 (borderInterpolate): ... 2 1 | 0 1 2 ... n-1 | n-2 ...
+LF_INLINE int lf_reflect101(int i, int n) {
+    if (n == 1) return 0;
+    while (i < 0 || i >= n) i = i < 0 ? -i : 2 * n - 2 - i;
+    return i;
+}
+
+// Grid: (ceil(cells/bx), ceil(cells/by), faces). Thread (x, y) of face n turns the cells of
+// lf_light_cells into cell (x, y) of the light map: the skin-weighted colours blurred
+// (normalised convolution: a separable Gaussian, rows first, reflected at the border), then
+// per channel gain = gamma * target / max(face, floor) and offset = (1 - gamma) * target:
+// 6 floats per cell. Too little skin on the grid: gain 1, offset 0 (the face as it is).
+LF_KERNEL lf_light_map(const float* cells_in, LfLight light, float* map) {
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    int n = blockIdx.z, cells = light.cells;
+    if (x >= cells || y >= cells) return;
+    const float* grid = cells_in + (long)n * cells * cells * 7;
+    float* out = map + (((long)n * cells + y) * cells + x) * 6;
+    float total = 0.0f;
+    for (int i = 0; i < cells * cells; ++i) total += grid[i * 7 + 6];
+    if (total < light.min_skin) {
+        for (int c = 0; c < 3; ++c) out[c] = 1.0f, out[3 + c] = 0.0f;
+        return;
+    }
+    float acc[7];
+    for (int k = 0; k < 7; ++k) acc[k] = 0.0f;
+    for (int j = -light.radius; j <= light.radius; ++j) {
+        int yy = lf_reflect101(y + j, cells);
+        float row[7];
+        for (int k = 0; k < 7; ++k) row[k] = 0.0f;
+        for (int i = -light.radius; i <= light.radius; ++i) {
+            const float* cell = grid + ((long)yy * cells + lf_reflect101(x + i, cells)) * 7;
+            float tap = light.taps[i + light.radius], skin = cell[6];
+            for (int k = 0; k < 6; ++k) row[k] += tap * (cell[k] * skin);
+            row[6] += tap * skin;
+        }
+        float tap = light.taps[j + light.radius];
+        for (int k = 0; k < 7; ++k) acc[k] += tap * row[k];
+    }
+    float weight = acc[6] + light.eps;
+    for (int c = 0; c < 3; ++c) {
+        float face = acc[c] / weight, target = acc[3 + c] / weight;
+        out[c] = light.gamma * target / fmaxf(face, light.floor);
+        out[3 + c] = light.offset * target;
+    }
 }
 
 LF_INLINE float lf_luma(float b, float g, float r) {

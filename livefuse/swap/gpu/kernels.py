@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from livefuse.geometry.crop import CropSpec
+from livefuse.swap import relight
 
 #: The kernel source, shipped inside the package (the CPU emulator's own two files live in
 #: :mod:`livefuse.testing.emulate`, which compiles this source with them).
@@ -22,6 +23,14 @@ SOURCES = ("kernels.cu",)
 
 #: Floats per crop row that ``lf_colour_moments`` writes.
 MOMENTS = 13
+
+#: Floats per light grid cell that ``lf_light_cells`` writes (face BGR, target BGR, skin) and
+#: that ``lf_light_map`` writes (gain BGR, offset BGR).
+LIGHT_CELL = 7
+LIGHT_MAP = 6
+
+#: ``LF_LIGHT_TAPS``: room for a Gaussian of radius 8.
+LIGHT_TAPS = 17
 
 #: Threads per block for the 2-D image kernels: 256 threads, rows of 32 for coalesced reads.
 BLOCK = (32, 8, 1)
@@ -89,13 +98,42 @@ class Colour(ctypes.Structure):
                 self.m[i] = float(v)
 
 
+class Light(ctypes.Structure):
+    """``LfLight``: the relighting's constants (:mod:`livefuse.swap.relight`) for a grid of
+    ``cells``×``cells``."""
+
+    _fields_ = [
+        ("taps", ctypes.c_float * LIGHT_TAPS),
+        ("radius", ctypes.c_int),
+        ("cells", ctypes.c_int),
+        ("gamma", ctypes.c_float),
+        ("offset", ctypes.c_float),
+        ("floor", ctypes.c_float),
+        ("eps", ctypes.c_float),
+        ("min_skin", ctypes.c_float),
+    ]
+
+    def set(self, cells: int) -> None:
+        """The CPU relighting's blur, gamma and limits, on a ``cells``-wide grid."""
+        taps = relight.blur_taps()
+        radius = len(taps) // 2
+        if len(taps) > LIGHT_TAPS or radius >= cells:
+            raise ValueError(f"a {len(taps)}-tap blur does not fit a {cells}-cell light grid")
+        self.taps[: len(taps)] = [float(v) for v in taps]
+        self.radius, self.cells = radius, cells
+        self.gamma, self.offset = relight.GAMMA, float(np.float32(1 - relight.GAMMA))
+        self.floor, self.eps, self.min_skin = relight.FLOOR, relight.EPS, relight.MIN_SKIN
+
+
 _p, _i = ctypes.c_void_p, ctypes.c_int
 
 #: Each kernel's parameters, in order, as declared in kernels.cu.
 SIGNATURES: dict[str, tuple[type[Any], ...]] = {
     "lf_crop_input": (_p, _i, _i, _i, _p, _i, InputFormat, _p),
-    "lf_paste_output": (_p, _i, _i, _i, _i, _i, _p, OutputFormat, _i, _p, Affine, Colour),
+    "lf_paste_output": (_p, _i, _i, _i, _i, _i, _p, OutputFormat, _i, _p, Affine, Colour, _p, _i),
     "lf_colour_moments": (_p, _i, _i, _i, _p, _p, OutputFormat, _i, _p, _p),
+    "lf_light_cells": (_p, _i, _i, _i, _p, _p, OutputFormat, _i, _p, Colour, _i, _p),
+    "lf_light_map": (_p, Light, _p),
     "lf_bgr_to_yuv420": (_p, _i, _i, _i, _p, _i, _p, _p, _i, _i),
 }
 

@@ -5,7 +5,10 @@
     upload    the slot, one copy
     GPU       lf_crop_input      every face → the model's input batch (normalised, fp16/fp32)
               model              one batched call, device memory to device memory
-              lf_paste_output    each face into its own box of the frame, in place
+              lf_colour_moments  (every few frames) colour statistics, back with the download
+              lf_light_cells     each face's and its target's light on a coarse grid
+              lf_light_map       the grids blurred into a gain and an offset per cell
+              lf_paste_output    each face, relit, into its own box of the frame, in place
               lf_bgr_to_yuv420   for NV12/I420 output (BGR output: the frame itself comes back)
     download  one copy
 
@@ -32,9 +35,17 @@ from livefuse.geometry.crop import CropSpec
 from livefuse.runtime.device import D, DeviceOps, Stream
 from livefuse.scratch import Scratch
 from livefuse.swap.blend import transfer_from_sums
-from livefuse.swap.gpu.kernels import BLOCK, MOMENTS, ArgPack, Kernels, grid_for
+from livefuse.swap.gpu.kernels import BLOCK, LIGHT_CELL, LIGHT_MAP, MOMENTS, ArgPack, Kernels, grid_for
 from livefuse.swap.gpu.ring import PinnedRing, Slot
-from livefuse.swap.neural.swapper import NeuralConfig, box_mask, face_mask, settle_mask, track_key
+from livefuse.swap.neural.swapper import (
+    RELIGHT_FACE,
+    NeuralConfig,
+    box_mask,
+    face_mask,
+    settle_mask,
+    track_key,
+)
+from livefuse.swap.relight import grid_size
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +54,9 @@ OUTPUTS = ("bgr", "nv12", "i420")
 
 #: Threads per block for the one-thread-per-crop-row moments kernel.
 ROW_BLOCK = (64, 1, 1)
+
+#: Threads per block for the one-thread-per-cell light kernels: one block covers a face's grid.
+LIGHT_BLOCK = (16, 16, 1)
 
 #: Offsets inside a slot are multiples of this (aligned loads for the kernels and copies).
 ALIGN = 256
@@ -165,9 +179,11 @@ class GpuSwapPath(Generic[D]):
 
     Colour matching follows the CPU swapper's (:func:`livefuse.swap.blend.colour_transfer`,
     re-measured every ``colour_every`` frames per track), except that a measurement applies
-    from the track's next frame: its moments come back with the frame's download. Sharpening,
-    the enhancer and the occluder/parser masks are not done on this path yet (the CPU
-    :class:`livefuse.swap.neural.swapper.NeuralSwapper` does them).
+    from the track's next frame: its moments come back with the frame's download. Relighting
+    (``config.relight``, with ``config.colour``) is the CPU swapper's
+    :func:`livefuse.swap.relight.relight`, computed on the GPU in the frame's own compute (see
+    :meth:`_relight`). Sharpening, the enhancer and the occluder/parser masks are not done on
+    this path yet (the CPU :class:`livefuse.swap.neural.swapper.NeuralSwapper` does them).
     """
 
     device: DeviceOps[D]
@@ -201,6 +217,15 @@ class GpuSwapPath(Generic[D]):
         self._yuv_args = ArgPack("lf_bgr_to_yuv420")
         self._moments_args = ArgPack("lf_colour_moments")
         ctypes.pointer(self._moments_args.values[6])[0] = self._paste_args.values[7]  # same output format
+        self._cells = grid_size((s, s), RELIGHT_FACE * s)[0]  # the CPU swapper's grid for this crop
+        self._cells_args = ArgPack("lf_light_cells")
+        ctypes.pointer(self._cells_args.values[6])[0] = self._paste_args.values[7]
+        self._map_args = ArgPack("lf_light_map")
+        self._map_args.values[1].set(self._cells)
+        self._cell_nbytes = self._cells * self._cells * LIGHT_CELL * 4
+        self._map_nbytes = self._cells * self._cells * LIGHT_MAP * 4
+        self._light_cells = self.device.device_buffer(self.max_faces * self._cell_nbytes)
+        self._light_map = self.device.device_buffer(self.max_faces * self._map_nbytes)
         self._scratch = Scratch()
         self._changed: dict[int, list[tuple[int, int, int, int]]] = {}
         self._measured: dict[int, list[tuple[int, int]]] = {}
@@ -314,16 +339,45 @@ class GpuSwapPath(Generic[D]):
             args = (frame, pitch, w, h, frame + layout.affines_at, _ptr(self._out), None, s, _ptr(self._box_dev), rows)
             self._moments_args.set(*args)
             self.kernels.launch(self._moments_args, grid_for(s, 1, faces, ROW_BLOCK), ROW_BLOCK, stream)
+        relight = self.config.colour and self.config.relight and bool(pastes)
+        if relight:  # before the paste too: the light is the target's own
+            self._relight(frame, faces, pastes, stream)
         for paste in pastes:
             x0, y0, x1, y1 = paste.box
             self._paste_args.values[10].set(paste.matrix)
             self._paste_args.values[11].set(paste.transfer)
             mask = frame + layout.masks_at + paste.index * layout.mask_nbytes
             output = _ptr(self._out) + paste.index * self._item
-            self._paste_args.set(frame, pitch, x0, y0, x1 - x0, y1 - y0, output, None, s, mask, None, None)
+            light = _ptr(self._light_map) + paste.index * self._map_nbytes if relight else None
+            self._paste_args.set(
+                frame, pitch, x0, y0, x1 - x0, y1 - y0, output, None, s, mask, None, None, light, self._cells
+            )
             self.kernels.launch(self._paste_args, grid_for(x1 - x0, y1 - y0), BLOCK, stream)
         if self.output != "bgr":
             self._convert(frame, _ptr(slot.dev_out), stream)
+
+    def _relight(self, frame: int, faces: int, pastes: Sequence[_Paste], stream: Stream) -> None:
+        """Each pasted face's light map (gain and offset per grid cell), for the paste to apply.
+
+        Computed on the GPU within the frame, not on the host from a download: the grids are
+        tiny (~11×11 cells) but measuring them reads the whole crop and the target under it,
+        which are on the GPU; and the light is then this very frame's, as on the CPU path
+        (colour maps may lag a frame because they are re-measured only every few frames, but
+        light changes from frame to frame as the face turns). Nothing extra crosses the bus.
+        """
+        pitch, w, h, s, cells = self.width * 3, self.width, self.height, self.crop.size, self._cells
+        affines = frame + self.layout.affines_at
+        for paste in pastes:
+            j = paste.index
+            self._cells_args.values[9].set(paste.transfer)  # the face as the paste shows it
+            output = _ptr(self._out) + j * self._item
+            light = _ptr(self._light_cells) + j * self._cell_nbytes
+            args = (frame, pitch, w, h, affines + j * 24, output, None, s, _ptr(self._box_dev), None, cells, light)
+            self._cells_args.set(*args)
+            self.kernels.launch(self._cells_args, grid_for(cells, cells, 1, LIGHT_BLOCK), LIGHT_BLOCK, stream)
+        # Faces without a paste (off the frame) get a map from stale cells that nothing reads.
+        self._map_args.set(_ptr(self._light_cells), None, _ptr(self._light_map))
+        self.kernels.launch(self._map_args, grid_for(cells, cells, faces, LIGHT_BLOCK), LIGHT_BLOCK, stream)
 
     def _infer(self, faces: int, latents: int, stream: Stream) -> None:
         """The model on the batch: one call, or calls of ``io.max_batch`` for fixed-batch models."""
@@ -373,7 +427,7 @@ class GpuSwapPath(Generic[D]):
     def close(self) -> None:
         """Wait for frames in flight, then free the ring, the model buffers and the kernels."""
         self.ring.close()
-        for buffer in (self._blob, self._out, self._box_dev):
+        for buffer in (self._blob, self._out, self._box_dev, self._light_cells, self._light_map):
             buffer.close()
 
     def __enter__(self) -> GpuSwapPath[D]:

@@ -41,7 +41,7 @@ class NeuralConfig:
     colour_every: int = 8
     "Re-measure a face's colour transfer every N frames (skin colour changes slowly)."
     relight: bool = False
-    "Put the target's low-frequency light on the swapped crop (CPU frame path; the GPU path has no kernel for it yet)."
+    "Put the target's low-frequency light on the swapped crop (with ``colour``; both frame paths)."
     mask_style: str = "face"
     "Paste mask: 'face' (the mesh's face outline, full opacity) or 'insightface' (its erode-and-blur mask)."
 
