@@ -296,8 +296,8 @@ def negotiated_codec(sdp: str) -> VideoCodec | None:
     if not section or len(section[0].split(" ")) < 4:
         return None
     first = section[0].split(" ")[3]
-    for match in map(_RTPMAP.match, section):
-        if match and match.group(1) == first:
-            name = match.group(2).lower()
-            return name if name in ("vp8", "h264") else None  # type: ignore[return-value]
-    return None
+    names = {m.group(1): m.group(2).lower() for m in map(_RTPMAP.match, section) if m}
+    return _CODECS.get(names.get(first, ""))
+
+
+_CODECS: dict[str, VideoCodec] = {"vp8": "vp8", "h264": "h264"}
