@@ -18,6 +18,8 @@ source, and obama↔biden both ways. Per case:
 
 A contact sheet (original | result per case) goes to ``benchmarks/quality/``.
 Usage: python benchmarks/bench_quality.py [--label after] [--frames 90] [--sheet PATH]
+       [--shape-transfer 0 0.8 ...]  (several strengths: measured one after the other in one run;
+       the contact sheet shows the last)
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from livefuse.config import load_settings  # noqa: E402
 from livefuse.face.topology import FACE_OVAL  # noqa: E402
 from livefuse.faces import Faces  # noqa: E402
 from livefuse.models.files import default_home  # noqa: E402
-from livefuse.swap.mesh import MeshSwapConfig, MeshSwapper  # noqa: E402
+from livefuse.swap.mesh import SHAPE_TRANSFER, MeshSwapConfig, MeshSwapper  # noqa: E402
 from tests.helpers import aligned, frame_of  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -210,14 +212,25 @@ def main() -> None:
     ap.add_argument("--label", default="current")
     ap.add_argument("--frames", type=int, default=90, help="demo clip frames for the jitter figure")
     ap.add_argument("--sheet", type=Path, default=HERE / "quality" / "contact_sheet.png")
+    ap.add_argument("--shape-transfer", type=float, nargs="+", default=[SHAPE_TRANSFER], metavar="S")
     args = ap.parse_args()
     samples = default_home() / "samples"
     embed = Embedder()
-    mesh = MeshSwapConfig()
     with Engine(load_settings({"threads": 2}, env={})) as engine:
-        results, tiles = cases(engine, samples, mesh, embed)
-        j_res, j_org = jitter(engine, samples, mesh, args.frames)
+        for strength in args.shape_transfer:
+            mesh = MeshSwapConfig(shape_transfer=strength)
+            results, tiles = cases(engine, samples, mesh, embed)
+            j_res, j_org = jitter(engine, samples, mesh, args.frames)
+            report(results, (j_res, j_org), f"{args.label}_s{strength:g}")
+            sheet(tiles, HERE / "out" / f"sheet_{args.label}_s{strength:g}.png")
     sheet(tiles, args.sheet)
+    print(f"contact sheet: {args.sheet} ({args.sheet.stat().st_size / 1e6:.2f} MB)")
+
+
+def report(results: list[Case], jitters: tuple[float, float], label: str) -> None:
+    """Print the figures as a Markdown table and a summary; keep them in ``out/``."""
+    j_res, j_org = jitters
+    print(f"## {label}")
     print("| case | dist→source | dist→target | streaks % (orig) | colour step ΔE (orig) |")
     print("|---|---|---|---|---|")
     for c in results:
@@ -227,7 +240,7 @@ def main() -> None:
         )
     ratios = [c.step / max(c.step_original, 1.0) for c in results]
     summary = {
-        "label": args.label,
+        "label": label,
         "mean_to_source": float(np.mean([c.to_source for c in results])),
         "nearer_source": sum(c.to_source < c.to_target for c in results),
         "cases": len(results),
@@ -240,10 +253,9 @@ def main() -> None:
     print(json.dumps(summary, indent=1))
     out = HERE / "out"
     out.mkdir(exist_ok=True)
-    (out / f"quality_{args.label}.json").write_text(
+    (out / f"quality_{label}.json").write_text(
         json.dumps({"summary": summary, "cases": [asdict(c) for c in results]}, indent=1)
     )
-    print(f"contact sheet: {args.sheet} ({args.sheet.stat().st_size / 1e6:.2f} MB)")
 
 
 if __name__ == "__main__":

@@ -32,9 +32,13 @@ from livefuse.faces import Faces
 from livefuse.scratch import Scratch
 from livefuse.swap.blend import blend_into, low_res, to_low_res
 from livefuse.swap.relight import relight
+from livefuse.swap.shape import ShapeTransfer
 from livefuse.swap.source import SourceFace
 from livefuse.swap.texture import SourceTexture
-from livefuse.swap.visible import HOLE, cut, skin_weight, visible_alpha
+from livefuse.swap.visible import HOLE, HOLE_FEATHER, cut, disc, skin_weight, visible_alpha
+
+#: Default shape transfer strength (see swap/shape.py; chosen on the quality benchmark).
+SHAPE_TRANSFER = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +47,7 @@ class MeshSwapConfig:
 
     keep_mouth: bool = False
     "Keep the target's mouth interior (teeth, tongue) so talking looks natural."
-    feather: float = 0.08
+    feather: float = 0.05
     "Width of the mask's soft edge, as a fraction of the face width."
     colour: bool = True
     "Match the source face's colour and lighting to the target."
@@ -51,8 +55,11 @@ class MeshSwapConfig:
     "0 leaves the target, 1 replaces it fully."
     keep_eyes: bool = False
     "Keep the target's eyeballs (its gaze) inside the source's eyelids."
-    open_mouth: float = 0.06
-    "Keep the target's mouth interior when its lip gap is at least this share of its width (inf: never)."
+    open_mouth: float = 0.0
+    """Keep the target's mouth interior when its lip gap is at least this share of its width
+    (0: always, the source's lips round the target's own teeth or lip line; inf: never)."""
+    shape_transfer: float = SHAPE_TRANSFER
+    "0..1: how far the target's inner face takes the source's proportions (0: the target's own)."
 
 
 #: A target triangle facing the camera less than this (cosine) is not painted: it faces
@@ -83,6 +90,7 @@ class MeshSwapper:
         self.sources = [source] if isinstance(source, SourceFace) else list(source)
         self.source = self.sources[0]
         self._textures = [SourceTexture.of(s) for s in self.sources]
+        self._shapes = [ShapeTransfer(s.points) for s in self.sources]
         self._scratch: list[Scratch] = []
         "One set of work arrays per face slot, so all faces can be computed before writing."
         self.faces_swapped = 0
@@ -105,7 +113,7 @@ class MeshSwapper:
         while len(self._scratch) < len(pairs):
             self._scratch.append(Scratch())
         patches = [
-            self._patch(image, faces.landmarks[i], self._textures[k], scratch)
+            self._patch(image, faces.landmarks[i], self._textures[k], self._shapes[k], scratch)
             for (i, k), scratch in zip(pairs, self._scratch)
         ]
         return [p for p in patches if p is not None]
@@ -113,21 +121,29 @@ class MeshSwapper:
     def commit(self, image: np.ndarray, patches: list[MeshPatch]) -> None:
         """Write prepared faces into ``image``."""
         for patch in patches:
-            blend_into(image[patch.region], patch.face, patch.alpha, patch.scratch)
+            if patch.under is None or patch.written is None:
+                blend_into(image[patch.region], patch.face, patch.alpha, patch.scratch)
+                continue
+            # The moved target under the face; written only where the mask or an opening
+            # reaches, so everything else (another face's paste in an overlap included) stays.
+            blend_into(patch.under, patch.face, patch.alpha, patch.scratch)
+            np.copyto(image[patch.region], patch.under, where=patch.written[..., None])
         self.faces_swapped += len(patches)
 
     def _patch(
-        self, image: np.ndarray, points: np.ndarray, texture: SourceTexture, scratch: Scratch
+        self, image: np.ndarray, points: np.ndarray, texture: SourceTexture, shape: ShapeTransfer, scratch: Scratch
     ) -> MeshPatch | None:
         """The face's region, its relit warped source face and blend alpha; None when the
         face is off-screen, too small to be seen, or turned fully away."""
-        pts = points[:, :2]
+        face_w = float(np.ptp(points[:, 0]))
+        kept = self._mouth_kept(points)
+        moved = shape.moved(points, self.config.shape_transfer)
+        pts = moved[:, :2]
         h, w = image.shape[:2]
-        x0, y0 = np.maximum(np.floor(pts.min(0)) - 1, 0).astype(int)
-        x1, y1 = np.minimum(np.ceil(pts.max(0)) + 2, [w, h]).astype(int)
+        x0, y0 = np.maximum(np.floor(np.minimum(pts.min(0), points[:, :2].min(0))) - 1, 0).astype(int)
+        x1, y1 = np.minimum(np.ceil(np.maximum(pts.max(0), points[:, :2].max(0))) + 2, [w, h]).astype(int)
         if x1 - x0 < 8 or y1 - y0 < 8:
             return None
-        face_w = float(np.ptp(pts[:, 0]))
         source, tri_src = texture.level(face_w)
         local = (pts - (x0, y0)).astype(np.float32)
         region = (slice(y0, y1), slice(x0, x1))
@@ -137,27 +153,35 @@ class MeshSwapper:
         painted = ((facing(points) >= MIN_FACING) | INNER_TRIANGLES) & texture.usable
         if not painted.any():
             return None
-        opening = self._openings(points)
+        opening = self._openings(kept)
         f = 1 if face_w < 96 else 2 if face_w < 320 else 4
-        shape = target.shape[:2]
-        ids = self._rasterise(local, points[:, 2], painted, opening, shape, f, scratch)
-        warped = self._warp(source, tri_src, ids, local[TRIANGLES], shape, f, scratch, texture.mirrored)
-        alpha = visible_alpha(ids, shape, self.config.feather * face_w, f, scratch)
-        cut(alpha, [local[MOUTH_INNER]] if self._mouth_kept(points) else [])
+        size = target.shape[:2]
+        ids, tri_ids = self._rasterise(local, moved[:, 2], painted, opening, size, f, scratch)
+        warped = self._warp(source, tri_src, ids, local[TRIANGLES], size, f, scratch, texture.mirrored)
+        alpha = visible_alpha(ids, size, self.config.feather * face_w, f, scratch)
+        cuts = [local[MOUTH_INNER]] if kept else []
+        cut(alpha, cuts)
+        under = written = None
+        if moved is not points:
+            own = (points[:, :2] - (x0, y0)).astype(np.float32)
+            under = target_moved(target, tri_ids, local[TRIANGLES], own[TRIANGLES], scratch)
+            written = _written(alpha, ids, cuts, self.config.feather * face_w, f, scratch)
         if self.config.opacity < 1:
             alpha *= self.config.opacity
         if self.config.colour:
-            small = to_low_res(local, shape, ids.shape[::-1])
+            small = to_low_res(local, size, ids.shape[::-1])
             parts = [small[p] for p in (EYE_LEFT, EYE_RIGHT, BROW_LEFT, BROW_RIGHT, LIPS_OUTER)]
-            face = relight(warped, target, skin_weight(ids, parts, scratch), face_w, scratch)
+            skin = skin_weight(ids, parts, scratch)
+            knee = skin_weight(ids, [small[p] for p in (EYE_LEFT, EYE_RIGHT, MOUTH_INNER)], scratch, "knee")
+            face = relight(warped, target, skin, face_w, scratch, knee)
         else:
             face = warped
-        return MeshPatch(region, face, alpha, scratch)
+        return MeshPatch(region, face, alpha, scratch, under, written)
 
-    def _openings(self, points: np.ndarray) -> np.ndarray:
+    def _openings(self, mouth_kept: bool) -> np.ndarray:
         """(T,) bool: triangles over the openings where the target's own pixels stay."""
         opening = EYE_TRIANGLES.copy() if self.config.keep_eyes else np.zeros(len(TRIANGLES), bool)
-        if self._mouth_kept(points):
+        if mouth_kept:
             opening |= MOUTH_TRIANGLES
         return opening
 
@@ -173,20 +197,26 @@ class MeshSwapper:
         shape: tuple[int, int],
         f: int,
         scratch: Scratch,
-    ) -> np.ndarray:
-        """A 1/``f`` resolution map of the triangle seen at each pixel: its index where it
-        is painted, ``HOLE`` over the openings, −1 elsewhere (and under triangles facing away)."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """1/``f`` resolution maps of the triangle seen at each pixel: (its index where it
+        is painted, ``HOLE`` over the openings, −1 elsewhere (and under triangles facing
+        away); the same with the openings' own indices)."""
         mw, mh = low_res(shape, f)
-        ids = scratch.get("ids", (mh, mw), np.int32)
-        ids[:] = -1
+        tri_ids = scratch.get("tri_ids", (mh, mw), np.int32)
+        tri_ids[:] = -1
         fixed = np.round(to_low_res(local, shape, (mw, mh))[TRIANGLES] * 16).astype(np.int32)
         # Far to near (painter's order): where a turned head folds the mesh over itself,
         # the visible, nearer side wins.
         drawn = np.flatnonzero(painted)
         order = drawn[np.argsort(-depth[TRIANGLES[drawn]].max(1), kind="stable")]
         for i in order.tolist():
-            cv2.fillConvexPoly(ids, fixed[i], HOLE if opening[i] else i, cv2.LINE_8, 4)  # 4 fractional bits
-        return ids
+            cv2.fillConvexPoly(tri_ids, fixed[i], i, cv2.LINE_8, 4)  # 4 fractional bits
+        ids = scratch.get("ids", (mh, mw), np.int32)
+        np.copyto(ids, tri_ids)
+        if opening.any():
+            # Index −1 (nothing drawn) reads the lookup's last entry: not an opening.
+            ids[np.append(opening, False)[tri_ids]] = HOLE
+        return ids, tri_ids
 
     @staticmethod
     def _warp(
@@ -203,23 +233,79 @@ class MeshSwapper:
         (``mirrored``: (T,) bool, triangles textured from their mirror image)."""
         # The map is piecewise affine and continuous, so it is computed at 1/2 or 1/4
         # resolution and scaled up bilinearly with no visible difference.
-        mh, mw = ids.shape
-        tri_dst = to_low_res(tri_local, shape, (mw, mh))
-        aff = _affines(tri_dst, tri_src)
-        inside = ids >= 0
-        safe = np.where(inside, ids, 0)
-        coef = aff[safe]  # (mh, mw, 3, 2)
-        gx = np.arange(mw, dtype=np.float32)[None, :]
-        gy = np.arange(mh, dtype=np.float32)[:, None]
-        maps = coef[..., 0, :] * gx[..., None] + coef[..., 1, :] * gy[..., None] + coef[..., 2, :]
-        # Rasterisation covers pixel centres just outside a triangle; on a squashed triangle
-        # its affine map flings those far across the source. Clamping to the triangle's own
-        # source extent keeps every sample local.
-        np.clip(maps, tri_src.min(1)[safe], tri_src.max(1)[safe], out=maps)
+        maps, inside = _low_res_map(ids, tri_local, tri_src, shape)
         maps[~inside] = -1
         if f > 1:
             maps = _upscaled(maps, ids, mirrored, shape)
         return cv2.remap(texture, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _low_res_map(
+    ids: np.ndarray, tri_local: np.ndarray, tri_src: np.ndarray, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mh, mw, 2) float32 map taking each pixel of ``ids`` (a low-res copy of a ``shape``
+    region) through the affine map of the triangle seen there from ``tri_local`` (full-res,
+    (T, 3, 2)) onto ``tri_src``; and where a triangle is seen (bool)."""
+    mh, mw = ids.shape
+    tri_dst = to_low_res(tri_local, shape, (mw, mh))
+    aff = _affines(tri_dst, tri_src)
+    inside = ids >= 0
+    safe = np.where(inside, ids, 0)
+    coef = aff[safe]  # (mh, mw, 3, 2)
+    gx = np.arange(mw, dtype=np.float32)[None, :]
+    gy = np.arange(mh, dtype=np.float32)[:, None]
+    maps = coef[..., 0, :] * gx[..., None] + coef[..., 1, :] * gy[..., None] + coef[..., 2, :]
+    # Rasterisation covers pixel centres just outside a triangle; on a squashed triangle
+    # its affine map flings those far across the source. Clamping to the triangle's own
+    # source extent keeps every sample local.
+    np.clip(maps, tri_src.min(1)[safe], tri_src.max(1)[safe], out=maps)
+    return maps, inside
+
+
+def target_moved(
+    target: np.ndarray,
+    ids: np.ndarray,
+    moved: np.ndarray,
+    original: np.ndarray,
+    scratch: Scratch,
+) -> np.ndarray:
+    """The target's own pixels (``target``, the face's region) moved with its landmarks from
+    ``original`` to ``moved`` (full-res (T, 3, 2) triangles in the region), so whatever of
+    them shows through a soft edge lines up with the moved features instead of ghosting."""
+    h, w = target.shape[:2]
+    mh, mw = ids.shape
+    maps, inside = _low_res_map(ids, moved, original, (h, w))
+    # As a displacement from each low-res pixel's own full-res position: 0 off the face,
+    # so the bilinear upscaling fades it out instead of pulling in an edge.
+    sx, sy = w / mw, h / mh
+    maps[..., 0] -= (np.arange(mw, dtype=np.float32)[None, :] + 0.5) * sx - 0.5
+    maps[..., 1] -= (np.arange(mh, dtype=np.float32)[:, None] + 0.5) * sy - 0.5
+    maps[~inside] = 0
+    full = scratch.get("under_map", (h, w, 2), np.float32)
+    cv2.resize(maps, (w, h), dst=full, interpolation=cv2.INTER_LINEAR)
+    full[..., 0] += np.arange(w, dtype=np.float32)[None, :]
+    full[..., 1] += np.arange(h, dtype=np.float32)[:, None]
+    return cv2.remap(target, full[..., 0], full[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _written(
+    alpha: np.ndarray, ids: np.ndarray, cuts: list[np.ndarray], feather: float, f: int, scratch: Scratch
+) -> np.ndarray:
+    """(h, w) bool: where a face with moved landmarks is written: its mask, and its openings
+    (``HOLE`` in ``ids`` with the reach of their soft edge, and the exact ``cuts``), where the
+    target's own moved pixels show."""
+    written = scratch.get("written", alpha.shape, np.bool_)
+    np.greater(alpha, 0, out=written)
+    holes = scratch.get("written_holes", ids.shape, np.uint8)
+    np.equal(ids, HOLE, out=holes.view(bool))
+    if holes.any():
+        reach = max(1, int(round(HOLE_FEATHER * feather / f))) + 2
+        cv2.dilate(holes, disc(reach), dst=holes)
+        full = cv2.resize(holes, (alpha.shape[1], alpha.shape[0]), interpolation=cv2.INTER_NEAREST)
+        written |= full.view(bool)
+    if cuts:
+        cv2.fillPoly(written.view(np.uint8), [np.round(p * 16).astype(np.int32) for p in cuts], 1, cv2.LINE_8, 4)
+    return written
 
 
 def _upscaled(maps: np.ndarray, ids: np.ndarray, mirrored: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -251,3 +337,7 @@ class MeshPatch:
     face: np.ndarray
     alpha: np.ndarray
     scratch: Scratch
+    under: np.ndarray | None = None
+    "The target's own pixels moved with the shape transfer (None: not moved); blended under the face."
+    written: np.ndarray | None = None
+    "(h, w) bool, with ``under``: the pixels written (the mask and the openings)."
