@@ -73,7 +73,7 @@ def _groups() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 #: Corner pairs that define each eye's similarity (outer, inner).
-_CORNERS = (np.array([33, 133]), np.array([263, 362]))
+EYE_CORNERS = (np.array([33, 133]), np.array([263, 362]))
 #: The top of the upper lip at the middle.
 UPPER_LIP = 0
 #: The lips are scaled by at most this factor (or its inverse) to the source's width.
@@ -100,10 +100,10 @@ def _smoother(pinned: np.ndarray) -> np.ndarray:
 WEIGHT = _outline_weight()
 EYE_L, EYE_R, LIPS = _groups()
 #: Nose and brows: moved point by point, exactly (pinned against the smoothing).
-_NOSE = np.flatnonzero(
+NOSE = np.flatnonzero(
     _inside(_canonical_2d(), _canonical_2d()[[168, 129, 358, 2, 98, 327, 6, 197, 195, 5, 4, 1, 19, 94]], 0.0)
 )
-_PINNED = np.unique(np.concatenate([EYE_L, EYE_R, LIPS, _NOSE, BROW_LEFT, BROW_RIGHT]))
+_PINNED = np.unique(np.concatenate([EYE_L, EYE_R, LIPS, NOSE, BROW_LEFT, BROW_RIGHT]))
 SMOOTH = _smoother(_PINNED)
 #: Points for the pose fit: the outline above the mouth, and the forehead.
 _FIT = np.unique(
@@ -179,8 +179,8 @@ class ShapeTransfer:
             return target
         fitted = self.fitted(target)
         move = fitted - target
-        move[EYE_L] = _group_move(target, fitted, EYE_L, _CORNERS[0])
-        move[EYE_R] = _group_move(target, fitted, EYE_R, _CORNERS[1])
+        move[EYE_L] = _group_move(target, fitted, EYE_L, EYE_CORNERS[0])
+        move[EYE_R] = _group_move(target, fitted, EYE_R, EYE_CORNERS[1])
         move[LIPS] = _mouth_move(target, fitted)
         move = SMOOTH @ move
         # No point moves more than MAX_MOVE of the face's width: a poor pose fit (a face
