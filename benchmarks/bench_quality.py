@@ -10,7 +10,9 @@ source, and obama↔biden both ways. Per case:
   original target face (dlib calls < 0.6 the same person);
 - streaks: share of the face's pixels in the result brighter (luma) than both the source's
   and the target's skin (their 98th percentiles + 8 levels) — the original's own share is
-  reported beside it;
+  reported beside it; and the same outside the mouth opening (the target's inner-lip outline
+  grown by 8 % of the face's width, which holds its teeth wherever the shape transfer moved
+  them): teeth are brighter than skin by nature, and count in the first figure;
 - colour step: median Lab ΔE between patches just inside and just outside the blend mask's
   soft edge, in the result against the original image at the same places;
 - jitter (demo clip, one face): mean frame-to-frame change of the aligned face in the
@@ -37,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from livefuse.app import Engine  # noqa: E402
 from livefuse.config import load_settings  # noqa: E402
-from livefuse.face.topology import FACE_OVAL  # noqa: E402
+from livefuse.face.topology import FACE_OVAL, MOUTH_INNER  # noqa: E402
 from livefuse.faces import Faces  # noqa: E402
 from livefuse.models.files import default_home  # noqa: E402
 from livefuse.swap.mesh import SHAPE_TRANSFER, MeshSwapConfig, MeshSwapper  # noqa: E402
@@ -54,6 +56,9 @@ class Case:
     to_target: float
     streaks: float
     streaks_original: float
+    streaks_skin: float
+    "Outside the mouth opening."
+    streaks_skin_original: float
     step: float
     step_original: float
 
@@ -99,8 +104,15 @@ def skin_ceiling(image: np.ndarray, points: np.ndarray) -> float:
     return float(np.percentile(luma(image)[inner_mask(image.shape, points, 0.85)], 98)) + 8
 
 
-def streak_share(image: np.ndarray, points: np.ndarray, ceiling: float) -> float:
+def streak_share(image: np.ndarray, points: np.ndarray, ceiling: float, teeth: bool = True) -> float:
+    """Share of the face's pixels brighter than ``ceiling``; ``teeth`` False: the mouth
+    opening (grown to where the shape transfer may have moved it) does not count."""
     face = inner_mask(image.shape, points, 0.93)
+    if not teeth:
+        mouth = np.zeros(image.shape[:2], np.uint8)
+        cv2.fillPoly(mouth, [np.round(points[MOUTH_INNER, :2]).astype(np.int32)], 1)
+        grow = max(1, int(0.08 * np.ptp(points[:, 0])))
+        face &= cv2.dilate(mouth, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)) == 0
     return float((luma(image)[face] > ceiling).mean())
 
 
@@ -160,6 +172,8 @@ def cases(engine: Engine, samples: Path, mesh: MeshSwapConfig, embed: Embedder) 
                     float(np.linalg.norm(embed(result, pts) - embed(image, pts))),
                     streak_share(result, pts, ceiling),
                     streak_share(image, pts, ceiling),
+                    streak_share(result, pts, ceiling, teeth=False),
+                    streak_share(image, pts, ceiling, teeth=False),
                     colour_step(result, pts),
                     colour_step(image, pts),
                 )
@@ -231,12 +245,13 @@ def report(results: list[Case], jitters: tuple[float, float], label: str) -> Non
     """Print the figures as a Markdown table and a summary; keep them in ``out/``."""
     j_res, j_org = jitters
     print(f"## {label}")
-    print("| case | dist→source | dist→target | streaks % (orig) | colour step ΔE (orig) |")
-    print("|---|---|---|---|---|")
+    print("| case | dist→source | dist→target | streaks % (orig) | outside the mouth (orig) | colour step ΔE (orig) |")
+    print("|---|---|---|---|---|---|")
     for c in results:
         print(
             f"| {c.name} | {c.to_source:.3f} | {c.to_target:.3f} "
-            f"| {100 * c.streaks:.2f} ({100 * c.streaks_original:.2f}) | {c.step:.1f} ({c.step_original:.1f}) |"
+            f"| {100 * c.streaks:.2f} ({100 * c.streaks_original:.2f}) "
+            f"| {100 * c.streaks_skin:.2f} ({100 * c.streaks_skin_original:.2f}) | {c.step:.1f} ({c.step_original:.1f}) |"
         )
     ratios = [c.step / max(c.step_original, 1.0) for c in results]
     summary = {
@@ -245,6 +260,7 @@ def report(results: list[Case], jitters: tuple[float, float], label: str) -> Non
         "nearer_source": sum(c.to_source < c.to_target for c in results),
         "cases": len(results),
         "max_streaks_pct": 100 * max(c.streaks for c in results),
+        "max_streaks_outside_mouth_pct": 100 * max(c.streaks_skin for c in results),
         "median_step_ratio": float(np.median(ratios)),
         "max_step_ratio": float(max(ratios)),
         "jitter_ratio": j_res / j_org,

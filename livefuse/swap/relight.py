@@ -46,10 +46,8 @@ def relight(
     ``knee`` (weights like ``skin``): where luma far above the target's light is compressed
     (everything but the eyes and teeth); None: nowhere.
 
-    Frequency bands: result = target's low band + the source's detail band (source − its low
-    band), the detail scaled by one gain per face (the square root of the two faces' luma
-    ratio): a dark-skinned source's shadows do not blow out to white on a pale target, and a
-    pale source's detail does not vanish on a dark one.
+    Frequency bands: result = the target's low band with the source's detail on it (its
+    ratio to the source's own low band, contrast kept at ``GAMMA``).
     """
     shape = face.shape[:2]
     step = max(1, int(face_w / CELLS))
@@ -69,33 +67,50 @@ def relight(
     # Chroma: the pixel's own, scaled with its luma, plus the shift that turns the source's
     # skin into the target's, applied in proportion to the pixel's luma up to the skin's:
     # a dark brow or shadow stays neutral, a pale highlight gets at most the skin's tint.
-    cells = np.empty((*d.shape[:2], 6), np.float32)
     light = np.maximum(s[..., 0], 8.0)
-    cells[..., 0] = GAMMA * d[..., 0] / light
-    cells[..., 1] = (1 - GAMMA) * d[..., 0]
-    cells[..., 2:4] = (d[..., 1:] - 128) - (s[..., 1:] - 128) * (d[..., :1] / light[..., None])
-    cells[..., 4] = 1 / np.maximum(d[..., 0], 8.0)
-    cells[..., 5] = KNEE * d[..., 0]
-    full = scratch.get("relight_cells", (*shape, 6), np.float32)
-    cv2.resize(cells, (shape[1], shape[0]), dst=full, interpolation=cv2.INTER_LINEAR)
-    out = scratch.get("relight_out", (*shape, 3), np.float32)
-    np.copyto(out, ycc, casting="unsafe")
-    luma = out[..., 0]
-    ratio = scratch.get("relight_ratio", shape, np.float32)
+    cells = (
+        GAMMA * d[..., 0] / light,
+        (1 - GAMMA) * d[..., 0],
+        (d[..., 1] - 128) - (s[..., 1] - 128) * (d[..., 0] / light),
+        (d[..., 2] - 128) - (s[..., 2] - 128) * (d[..., 0] / light),
+        1 / np.maximum(d[..., 0], 8.0),
+        KNEE * d[..., 0],
+    )
+    # Contiguous full-size planes: the per-pixel work below is a few vector passes each.
+    gain, offset, shift_cr, shift_cb, inv_light, ceiling = (
+        cv2.resize(
+            np.ascontiguousarray(c, np.float32),
+            (shape[1], shape[0]),
+            dst=scratch.get(f"relight_{i}", shape),
+            interpolation=cv2.INTER_LINEAR,
+        )
+        for i, c in enumerate(cells)
+    )
+    planes = cv2.split(ycc)
+    luma = scratch.get("relight_luma", shape)
+    np.copyto(luma, planes[0], casting="unsafe")
+    ratio = scratch.get("relight_ratio", shape)
     np.maximum(luma, 8.0, out=ratio)
-    luma *= full[..., 0]
-    luma += full[..., 1]
+    luma *= gain
+    luma += offset
     if knee is not None:
-        _knee(luma, full[..., 5], knee, scratch)
+        _knee(luma, ceiling, knee, scratch)
     np.divide(luma, ratio, out=ratio)
-    share = scratch.get("relight_share", shape, np.float32)
-    np.multiply(luma, full[..., 4], out=share)
+    share = scratch.get("relight_share", shape)
+    np.multiply(luma, inv_light, out=share)
     np.minimum(share, 1.0, out=share)
-    out[..., 1:] -= 128
-    out[..., 1:] *= ratio[..., None]
-    out[..., 1:] += full[..., 2:4] * share[..., None]
-    out[..., 1:] += 128
-    return cv2.cvtColor(cv2.convertScaleAbs(out), cv2.COLOR_YCrCb2BGR)
+    out = [cv2.convertScaleAbs(luma)]
+    work = scratch.get("relight_work", shape)
+    for plane, shift in ((planes[1], shift_cr), (planes[2], shift_cb)):
+        chroma = scratch.get("relight_chroma", shape)
+        np.subtract(plane, np.float32(128), out=chroma, dtype=np.float32)
+        chroma *= ratio
+        np.multiply(shift, share, out=work)
+        chroma += work
+        chroma += 128
+        np.clip(chroma, 0, 255, out=chroma)
+        out.append(cv2.convertScaleAbs(chroma))
+    return cv2.cvtColor(cv2.merge(out), cv2.COLOR_YCrCb2BGR)
 
 
 def _knee(luma: np.ndarray, knee: np.ndarray, where: np.ndarray, scratch: Scratch) -> None:
@@ -109,4 +124,5 @@ def _knee(luma: np.ndarray, knee: np.ndarray, where: np.ndarray, scratch: Scratc
     weight = scratch.get("relight_skin", luma.shape, np.float32)
     cv2.resize(where, (luma.shape[1], luma.shape[0]), dst=weight, interpolation=cv2.INTER_LINEAR)
     over *= weight
-    luma -= (1 - KNEE_KEEP) * over
+    over *= 1 - KNEE_KEEP
+    luma -= over
