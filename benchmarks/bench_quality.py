@@ -251,7 +251,8 @@ def report(results: list[Case], jitters: tuple[float, float], label: str) -> Non
         print(
             f"| {c.name} | {c.to_source:.3f} | {c.to_target:.3f} "
             f"| {100 * c.streaks:.2f} ({100 * c.streaks_original:.2f}) "
-            f"| {100 * c.streaks_skin:.2f} ({100 * c.streaks_skin_original:.2f}) | {c.step:.1f} ({c.step_original:.1f}) |"
+            f"| {100 * c.streaks_skin:.2f} ({100 * c.streaks_skin_original:.2f}) "
+            f"| {c.step:.1f} ({c.step_original:.1f}) |"
         )
     ratios = [c.step / max(c.step_original, 1.0) for c in results]
     summary = {
