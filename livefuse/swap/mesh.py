@@ -132,13 +132,14 @@ class MeshSwapper:
         for patch in patches:
             region = image[patch.region]
             blend_into(region, patch.face, patch.alpha, patch.scratch)
-            # Over the openings the face lies on the target's own pixels moved with the
-            # landmarks, written where the mask or the opening reaches (nothing else: another
-            # face's paste in an overlap stays).
+            # Over the openings (as far as their soft edges reach) the face lies on the
+            # target's own pixels moved with the landmarks. Only there: past it the window
+            # holds the face's soft outer edge on a turned head, where the feature's map
+            # would carry the target's pixels too far (a square patch at the jaw).
             for window in patch.windows:
-                alpha, under = patch.alpha[window.box], window.under
-                blend_into(under, patch.face[window.box], alpha, patch.scratch)
-                np.copyto(region[window.box], under, where=(window.opening | (alpha > 0))[..., None])
+                under = window.under
+                blend_into(under, patch.face[window.box], patch.alpha[window.box], patch.scratch)
+                np.copyto(region[window.box], under, where=window.opening[..., None])
         self.faces_swapped += len(patches)
 
     def _patch(
