@@ -10,7 +10,9 @@ source, and obama↔biden both ways. Per case:
   original target face (dlib calls < 0.6 the same person);
 - streaks: share of the face's pixels in the result brighter (luma) than both the source's
   and the target's skin (their 98th percentiles + 8 levels) — the original's own share is
-  reported beside it;
+  reported beside it; and the same outside the mouth opening (the target's inner-lip outline
+  grown by 8 % of the face's width, which holds its teeth wherever the shape transfer moved
+  them): teeth are brighter than skin by nature, and count in the first figure;
 - colour step: median Lab ΔE between patches just inside and just outside the blend mask's
   soft edge, in the result against the original image at the same places;
 - jitter (demo clip, one face): mean frame-to-frame change of the aligned face in the
@@ -18,6 +20,8 @@ source, and obama↔biden both ways. Per case:
 
 A contact sheet (original | result per case) goes to ``benchmarks/quality/``.
 Usage: python benchmarks/bench_quality.py [--label after] [--frames 90] [--sheet PATH]
+       [--shape-transfer 0 0.8 ...]  (several strengths: measured one after the other in one run;
+       the contact sheet shows the last)
 """
 
 from __future__ import annotations
@@ -35,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from livefuse.app import Engine  # noqa: E402
 from livefuse.config import load_settings  # noqa: E402
-from livefuse.face.topology import FACE_OVAL  # noqa: E402
+from livefuse.face.topology import FACE_OVAL, MOUTH_INNER  # noqa: E402
 from livefuse.faces import Faces  # noqa: E402
 from livefuse.models.files import default_home  # noqa: E402
-from livefuse.swap.mesh import MeshSwapConfig, MeshSwapper  # noqa: E402
+from livefuse.swap.mesh import SHAPE_TRANSFER, MeshSwapConfig, MeshSwapper  # noqa: E402
 from tests.helpers import aligned, frame_of  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -52,6 +56,9 @@ class Case:
     to_target: float
     streaks: float
     streaks_original: float
+    streaks_skin: float
+    "Outside the mouth opening."
+    streaks_skin_original: float
     step: float
     step_original: float
 
@@ -97,8 +104,15 @@ def skin_ceiling(image: np.ndarray, points: np.ndarray) -> float:
     return float(np.percentile(luma(image)[inner_mask(image.shape, points, 0.85)], 98)) + 8
 
 
-def streak_share(image: np.ndarray, points: np.ndarray, ceiling: float) -> float:
+def streak_share(image: np.ndarray, points: np.ndarray, ceiling: float, teeth: bool = True) -> float:
+    """Share of the face's pixels brighter than ``ceiling``; ``teeth`` False: the mouth
+    opening (grown to where the shape transfer may have moved it) does not count."""
     face = inner_mask(image.shape, points, 0.93)
+    if not teeth:
+        mouth = np.zeros(image.shape[:2], np.uint8)
+        cv2.fillPoly(mouth, [np.round(points[MOUTH_INNER, :2]).astype(np.int32)], 1)
+        grow = max(1, int(0.08 * np.ptp(points[:, 0])))
+        face &= cv2.dilate(mouth, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)) == 0
     return float((luma(image)[face] > ceiling).mean())
 
 
@@ -158,6 +172,8 @@ def cases(engine: Engine, samples: Path, mesh: MeshSwapConfig, embed: Embedder) 
                     float(np.linalg.norm(embed(result, pts) - embed(image, pts))),
                     streak_share(result, pts, ceiling),
                     streak_share(image, pts, ceiling),
+                    streak_share(result, pts, ceiling, teeth=False),
+                    streak_share(image, pts, ceiling, teeth=False),
                     colour_step(result, pts),
                     colour_step(image, pts),
                 )
@@ -210,28 +226,42 @@ def main() -> None:
     ap.add_argument("--label", default="current")
     ap.add_argument("--frames", type=int, default=90, help="demo clip frames for the jitter figure")
     ap.add_argument("--sheet", type=Path, default=HERE / "quality" / "contact_sheet.png")
+    ap.add_argument("--shape-transfer", type=float, nargs="+", default=[SHAPE_TRANSFER], metavar="S")
     args = ap.parse_args()
     samples = default_home() / "samples"
     embed = Embedder()
-    mesh = MeshSwapConfig()
     with Engine(load_settings({"threads": 2}, env={})) as engine:
-        results, tiles = cases(engine, samples, mesh, embed)
-        j_res, j_org = jitter(engine, samples, mesh, args.frames)
+        for strength in args.shape_transfer:
+            mesh = MeshSwapConfig(shape_transfer=strength)
+            results, tiles = cases(engine, samples, mesh, embed)
+            j_res, j_org = jitter(engine, samples, mesh, args.frames)
+            report(results, (j_res, j_org), f"{args.label}_s{strength:g}")
+            sheet(tiles, HERE / "out" / f"sheet_{args.label}_s{strength:g}.png")
     sheet(tiles, args.sheet)
-    print("| case | dist→source | dist→target | streaks % (orig) | colour step ΔE (orig) |")
-    print("|---|---|---|---|---|")
+    print(f"contact sheet: {args.sheet} ({args.sheet.stat().st_size / 1e6:.2f} MB)")
+
+
+def report(results: list[Case], jitters: tuple[float, float], label: str) -> None:
+    """Print the figures as a Markdown table and a summary; keep them in ``out/``."""
+    j_res, j_org = jitters
+    print(f"## {label}")
+    print("| case | dist→source | dist→target | streaks % (orig) | outside the mouth (orig) | colour step ΔE (orig) |")
+    print("|---|---|---|---|---|---|")
     for c in results:
         print(
             f"| {c.name} | {c.to_source:.3f} | {c.to_target:.3f} "
-            f"| {100 * c.streaks:.2f} ({100 * c.streaks_original:.2f}) | {c.step:.1f} ({c.step_original:.1f}) |"
+            f"| {100 * c.streaks:.2f} ({100 * c.streaks_original:.2f}) "
+            f"| {100 * c.streaks_skin:.2f} ({100 * c.streaks_skin_original:.2f}) "
+            f"| {c.step:.1f} ({c.step_original:.1f}) |"
         )
     ratios = [c.step / max(c.step_original, 1.0) for c in results]
     summary = {
-        "label": args.label,
+        "label": label,
         "mean_to_source": float(np.mean([c.to_source for c in results])),
         "nearer_source": sum(c.to_source < c.to_target for c in results),
         "cases": len(results),
         "max_streaks_pct": 100 * max(c.streaks for c in results),
+        "max_streaks_outside_mouth_pct": 100 * max(c.streaks_skin for c in results),
         "median_step_ratio": float(np.median(ratios)),
         "max_step_ratio": float(max(ratios)),
         "jitter_ratio": j_res / j_org,
@@ -240,10 +270,9 @@ def main() -> None:
     print(json.dumps(summary, indent=1))
     out = HERE / "out"
     out.mkdir(exist_ok=True)
-    (out / f"quality_{args.label}.json").write_text(
+    (out / f"quality_{label}.json").write_text(
         json.dumps({"summary": summary, "cases": [asdict(c) for c in results]}, indent=1)
     )
-    print(f"contact sheet: {args.sheet} ({args.sheet.stat().st_size / 1e6:.2f} MB)")
 
 
 if __name__ == "__main__":

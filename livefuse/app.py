@@ -28,7 +28,7 @@ from livefuse.runtime.backends import RunnerFactory, RunnerOptions, parse_runtim
 from livefuse.runtime.base import Runner
 from livefuse.runtime.engine_files import default_engines_dir
 from livefuse.swap.gpu.swapper import GpuPairSwapper, open_cuda_swapper
-from livefuse.swap.mesh import MeshSwapConfig, MeshSwapper
+from livefuse.swap.mesh import SHAPE_TRANSFER, MeshSwapConfig, MeshSwapper
 from livefuse.swap.neural.build import ROLES, check_role, crop_spec
 from livefuse.swap.neural.models import Enhancer, Occluder, Parser, Recognizer, SwapModel
 from livefuse.swap.neural.swapper import NeuralConfig, NeuralSwapper
@@ -122,7 +122,12 @@ class Engine:
         selector = FaceSelector(s.faces, self._mapping(recognizer, s) if s.faces == "map" else None)
         inner: MeshSwapper | NeuralSwapper | GpuPairSwapper
         if s.swapper == MESH:
-            config = MeshSwapConfig(keep_mouth=s.keep_mouth or "mouth" in s.masks, colour=s.colour, opacity=s.opacity)
+            config = MeshSwapConfig(
+                keep_mouth=s.keep_mouth or "mouth" in s.masks,
+                colour=s.colour,
+                opacity=s.opacity,
+                shape_transfer=SHAPE_TRANSFER if s.shape_transfer is None else s.shape_transfer,
+            )
             inner = MeshSwapper([self.source_face(p)[1] for p in photos], config)
         else:
             assert recognizer is not None

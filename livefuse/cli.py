@@ -46,6 +46,11 @@ _SWAP_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--sharpness", "sharpness", {"help": "sharpen the swapped face, 0..4 (0)"}),
     ("--keep-mouth", "keep_mouth", {"action": "store_const", "const": True, "help": "keep the target's own mouth"}),
     ("--opacity", "opacity", {"help": "0..1, how fully the face is replaced (1)"}),
+    (
+        "--shape-transfer",
+        "shape_transfer",
+        {"metavar": "S", "help": "mesh swapper: 0..1, how far eyes, nose, mouth take the source's proportions (0.8)"},
+    ),
     ("--no-colour", "colour", {"action": "store_const", "const": False, "help": "skip colour/lighting matching"}),
     ("--detector", "detector", {"choices": get_args(DetectorName), "help": "face detector (centerface: built in)"}),
     ("--detect-every", "detect_every", {"metavar": "K", "help": "run the detector every K frames, 1..1000 (10)"}),

@@ -115,6 +115,8 @@ class SwapSettings:
     "map mode: cosine similarity a face needs with a reference to be swapped."
     keep_mouth: bool = False
     opacity: float = 1.0
+    shape_transfer: float | None = None
+    "Mesh swapper: 0..1, how far the face's inner features take the source's proportions (unset: its default)."
     sharpness: float = 0.0
     colour: bool = True
     frame_path: FramePath = "cpu"
@@ -414,6 +416,7 @@ OPTIONS: Mapping[str, Option] = MappingProxyType(
             map_threshold=number(-1, 1),
             keep_mouth=boolean,
             opacity=number(0, 1),
+            shape_transfer=optional(number(0, 1)),
             sharpness=number(0, 4),
             colour=boolean,
             frame_path=choice(FramePath),
@@ -545,6 +548,11 @@ def load_settings(cli: Mapping[str, Any], env: Mapping[str, str] | None = None, 
 def check_swap(swap: SwapSettings) -> None:
     """Refuse options the chosen swapper cannot use (rather than ignore them silently)."""
     if swap.swapper != MESH:
+        if swap.shape_transfer is not None:
+            raise ConfigError(
+                f"--shape-transfer applies to the mesh swapper only, not {swap.swapper}: "
+                "leave it out or use --swapper mesh"
+            )
         return
     unused = [
         name

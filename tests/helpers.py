@@ -74,7 +74,9 @@ def unwrapped(image: np.ndarray, points: np.ndarray, canon: np.ndarray, size: in
     from livefuse.swap.mesh import MeshSwapConfig, MeshSwapper
     from livefuse.swap.source import SourceFace
 
-    warp = MeshSwapper(SourceFace(image, points, 1), MeshSwapConfig(colour=False, feather=0.02, open_mouth=np.inf))
+    warp = MeshSwapper(
+        SourceFace(image, points, 1), MeshSwapConfig(colour=False, feather=0.02, open_mouth=np.inf, shape_transfer=0.0)
+    )
     canvas = np.zeros((size, size, 3), np.uint8)
     warp.swap(
         canvas,

@@ -33,7 +33,7 @@ from livefuse.swap.gpu.kernels import (
     grid_for,
 )
 from livefuse.swap.neural.swapper import RELIGHT_FACE, box_mask
-from livefuse.swap.relight import grid_size, relight
+from livefuse.swap.relight import grid_size, relight_channels
 from livefuse.testing import emulate
 
 TEMPLATE = np.array([[0.34, 0.46], [0.66, 0.46], [0.5, 0.64], [0.37, 0.82], [0.63, 0.82]], np.float32)
@@ -355,7 +355,7 @@ def light_maps(
 @pytest.mark.parametrize("colour", [False, True], ids=["plain", "with-colour-map"])
 def test_relit_paste_matches_the_cpu_relighting(kernels: emulate.EmulatedKernels, colour: bool) -> None:
     """lf_light_cells + lf_light_map + lf_paste_output give the CPU swapper's
-    relight() then paste_back(), on faces lit unlike their targets."""
+    relight_channels() then paste_back(), on faces lit unlike their targets."""
     spec = spec_for(rgb=True, nchw=True)
     transfer = TRANSFER if colour else None
     frame = scene(seed=15)
@@ -372,7 +372,7 @@ def test_relit_paste_matches_the_cpu_relighting(kernels: emulate.EmulatedKernels
             face = cv2.transform(face, transfer)
         target = align.crop(frame, m, s)
         align.paste_back(unlit, face, mask, m, Scratch())
-        align.paste_back(cpu, relight(face, target, skin, RELIGHT_FACE * s, Scratch()), mask, m, Scratch())
+        align.paste_back(cpu, relight_channels(face, target, skin, RELIGHT_FACE * s, Scratch()), mask, m, Scratch())
         paste_on_gpu(kernels, gpu, outputs[k], spec, mask, m, transfer, False, maps[k])
     assert np.abs(cpu.astype(int) - unlit.astype(int)).max() > 40  # relighting changes these faces a lot
     diff = np.abs(gpu.astype(int) - cpu.astype(int))
@@ -385,7 +385,7 @@ def test_relit_paste_matches_the_cpu_relighting(kernels: emulate.EmulatedKernels
 
 
 def test_too_little_skin_leaves_the_face_as_it_is(kernels: emulate.EmulatedKernels) -> None:
-    """As relight() does when the skin covers under MIN_SKIN cells: gain 1, offset 0."""
+    """As relight_channels() does when the skin covers under MIN_SKIN cells: gain 1, offset 0."""
     spec = spec_for(rgb=True, nchw=True)
     s = spec.size
     skin = np.zeros((s, s), np.float32)

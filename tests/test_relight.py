@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
+import pytest
 
 from livefuse.scratch import Scratch
-from livefuse.swap.relight import relight
+from livefuse.swap.relight import relight, relight_channels
 
 
-def test_relight_takes_the_targets_light_and_keeps_the_detail():
+# The mesh path's (luma ratio, chroma shift) and the neural paths' (ratio per channel).
+@pytest.mark.parametrize("relight", [relight, relight_channels], ids=["mesh", "neural"])
+def test_relight_takes_the_targets_light_and_keeps_the_detail(relight: Callable[..., np.ndarray]) -> None:
     rng = np.random.default_rng(1)
     h = w = 160
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)

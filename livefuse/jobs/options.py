@@ -25,6 +25,7 @@ JOB_OPTIONS = frozenset(
         "sharpness",
         "keep_mouth",
         "opacity",
+        "shape_transfer",
         "colour",
         "detect_every",
         "max_faces",

@@ -9,7 +9,7 @@ interior."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -32,9 +32,13 @@ from livefuse.faces import Faces
 from livefuse.scratch import Scratch
 from livefuse.swap.blend import blend_into, low_res, to_low_res
 from livefuse.swap.relight import relight
+from livefuse.swap.shape import EYE_L, EYE_R, LIPS, ShapeTransfer
 from livefuse.swap.source import SourceFace
 from livefuse.swap.texture import SourceTexture
-from livefuse.swap.visible import HOLE, cut, skin_weight, visible_alpha
+from livefuse.swap.visible import HOLE, HOLE_FEATHER, cut, disc, skin_weight, visible_alpha
+
+#: Default shape transfer strength (see swap/shape.py; chosen on the quality benchmark).
+SHAPE_TRANSFER = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +47,7 @@ class MeshSwapConfig:
 
     keep_mouth: bool = False
     "Keep the target's mouth interior (teeth, tongue) so talking looks natural."
-    feather: float = 0.08
+    feather: float = 0.05
     "Width of the mask's soft edge, as a fraction of the face width."
     colour: bool = True
     "Match the source face's colour and lighting to the target."
@@ -51,8 +55,11 @@ class MeshSwapConfig:
     "0 leaves the target, 1 replaces it fully."
     keep_eyes: bool = False
     "Keep the target's eyeballs (its gaze) inside the source's eyelids."
-    open_mouth: float = 0.06
-    "Keep the target's mouth interior when its lip gap is at least this share of its width (inf: never)."
+    open_mouth: float = 0.0
+    """Keep the target's mouth interior when its lip gap is at least this share of its width
+    (0: always, the source's lips round the target's own teeth or lip line; inf: never)."""
+    shape_transfer: float = SHAPE_TRANSFER
+    "0..1: how far the target's inner face takes the source's proportions (0: the target's own)."
 
 
 #: A target triangle facing the camera less than this (cosine) is not painted: it faces
@@ -62,12 +69,21 @@ MIN_FACING = 0.08
 
 def _affines(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
     """(T, 3, 2) affine maps taking each destination triangle onto its source triangle
-    (``[x, y, 1] @ A = [sx, sy]``); degenerate triangles get an all-zero map."""
-    d = np.concatenate([dst, np.ones((*dst.shape[:2], 1), dst.dtype)], axis=2)
-    det = np.linalg.det(d)
+    (``[x, y, 1] @ A = [sx, sy]``); degenerate triangles get an all-zero map. Closed form
+    (2 × 2 inverses written out): a batched solve costs ~10× more per frame."""
+    e = (dst[:, 1:] - dst[:, :1]).astype(np.float64)  # (T, 2, 2) edge vectors as rows
+    f = (src[:, 1:] - src[:, :1]).astype(np.float64)
+    det = e[:, 0, 0] * e[:, 1, 1] - e[:, 0, 1] * e[:, 1, 0]
     ok = np.abs(det) > 1e-9
-    out = np.zeros((len(d), 3, 2), np.float32)
-    out[ok] = np.linalg.solve(d[ok], src[ok])
+    inv = np.empty_like(e)
+    inv[:, 0, 0], inv[:, 0, 1] = e[:, 1, 1], -e[:, 0, 1]
+    inv[:, 1, 0], inv[:, 1, 1] = -e[:, 1, 0], e[:, 0, 0]
+    inv /= np.where(ok, det, 1.0)[:, None, None]
+    linear = np.einsum("tik,tkj->tij", inv, f)  # (p − d0) @ linear + s0
+    out = np.zeros((len(dst), 3, 2), np.float32)
+    out[:, :2] = linear
+    out[:, 2] = src[:, 0] - np.einsum("ti,tij->tj", dst[:, 0].astype(np.float64), linear)
+    out[~ok] = 0
     return out
 
 
@@ -83,6 +99,7 @@ class MeshSwapper:
         self.sources = [source] if isinstance(source, SourceFace) else list(source)
         self.source = self.sources[0]
         self._textures = [SourceTexture.of(s) for s in self.sources]
+        self._shapes = [ShapeTransfer(s.points) for s in self.sources]
         self._scratch: list[Scratch] = []
         "One set of work arrays per face slot, so all faces can be computed before writing."
         self.faces_swapped = 0
@@ -105,7 +122,7 @@ class MeshSwapper:
         while len(self._scratch) < len(pairs):
             self._scratch.append(Scratch())
         patches = [
-            self._patch(image, faces.landmarks[i], self._textures[k], scratch)
+            self._patch(image, faces.landmarks[i], self._textures[k], self._shapes[k], scratch)
             for (i, k), scratch in zip(pairs, self._scratch)
         ]
         return [p for p in patches if p is not None]
@@ -113,21 +130,32 @@ class MeshSwapper:
     def commit(self, image: np.ndarray, patches: list[MeshPatch]) -> None:
         """Write prepared faces into ``image``."""
         for patch in patches:
-            blend_into(image[patch.region], patch.face, patch.alpha, patch.scratch)
+            region = image[patch.region]
+            blend_into(region, patch.face, patch.alpha, patch.scratch)
+            # Over the openings (as far as their soft edges reach) the face lies on the
+            # target's own pixels moved with the landmarks. Only there: past it the window
+            # holds the face's soft outer edge on a turned head, where the feature's map
+            # would carry the target's pixels too far (a square patch at the jaw).
+            for window in patch.windows:
+                under = window.under
+                blend_into(under, patch.face[window.box], patch.alpha[window.box], patch.scratch)
+                np.copyto(region[window.box], under, where=window.opening[..., None])
         self.faces_swapped += len(patches)
 
     def _patch(
-        self, image: np.ndarray, points: np.ndarray, texture: SourceTexture, scratch: Scratch
+        self, image: np.ndarray, points: np.ndarray, texture: SourceTexture, shape: ShapeTransfer, scratch: Scratch
     ) -> MeshPatch | None:
         """The face's region, its relit warped source face and blend alpha; None when the
         face is off-screen, too small to be seen, or turned fully away."""
-        pts = points[:, :2]
+        face_w = float(np.ptp(points[:, 0]))
+        kept = self._mouth_kept(points)
+        moved = shape.moved(points, self.config.shape_transfer)
+        pts = moved[:, :2]
         h, w = image.shape[:2]
-        x0, y0 = np.maximum(np.floor(pts.min(0)) - 1, 0).astype(int)
-        x1, y1 = np.minimum(np.ceil(pts.max(0)) + 2, [w, h]).astype(int)
+        x0, y0 = np.maximum(np.floor(np.minimum(pts.min(0), points[:, :2].min(0))) - 1, 0).astype(int)
+        x1, y1 = np.minimum(np.ceil(np.maximum(pts.max(0), points[:, :2].max(0))) + 2, [w, h]).astype(int)
         if x1 - x0 < 8 or y1 - y0 < 8:
             return None
-        face_w = float(np.ptp(pts[:, 0]))
         source, tri_src = texture.level(face_w)
         local = (pts - (x0, y0)).astype(np.float32)
         region = (slice(y0, y1), slice(x0, x1))
@@ -137,27 +165,36 @@ class MeshSwapper:
         painted = ((facing(points) >= MIN_FACING) | INNER_TRIANGLES) & texture.usable
         if not painted.any():
             return None
-        opening = self._openings(points)
+        opening = self._openings(kept)
         f = 1 if face_w < 96 else 2 if face_w < 320 else 4
-        shape = target.shape[:2]
-        ids = self._rasterise(local, points[:, 2], painted, opening, shape, f, scratch)
-        warped = self._warp(source, tri_src, ids, local[TRIANGLES], shape, f, scratch, texture.mirrored)
-        alpha = visible_alpha(ids, shape, self.config.feather * face_w, f, scratch)
-        cut(alpha, [local[MOUTH_INNER]] if self._mouth_kept(points) else [])
+        size = target.shape[:2]
+        ids = self._rasterise(local, moved[:, 2], painted, opening, size, f, scratch)
+        warped = self._warp(source, tri_src, ids, local[TRIANGLES], size, f, scratch, texture.mirrored)
+        alpha = visible_alpha(ids, size, self.config.feather * face_w, f, scratch)
+        cuts = [local[MOUTH_INNER]] if kept else []
+        cut(alpha, cuts)
+        windows = []
+        if moved is not points and opening.any():
+            own = (points[:, :2] - (x0, y0)).astype(np.float32)
+            groups = ([LIPS] if kept else []) + ([EYE_L, EYE_R] if self.config.keep_eyes else [])
+            openings = _Openings(ids, f, cuts, self.config.feather * face_w)
+            windows = [openings.moved(target, g, local, own) for g in groups]
         if self.config.opacity < 1:
             alpha *= self.config.opacity
         if self.config.colour:
-            small = to_low_res(local, shape, ids.shape[::-1])
+            small = to_low_res(local, size, ids.shape[::-1])
             parts = [small[p] for p in (EYE_LEFT, EYE_RIGHT, BROW_LEFT, BROW_RIGHT, LIPS_OUTER)]
-            face = relight(warped, target, skin_weight(ids, parts, scratch), face_w, scratch)
+            skin = skin_weight(ids, parts, scratch)
+            knee = skin_weight(ids, [small[p] for p in (EYE_LEFT, EYE_RIGHT, MOUTH_INNER)], scratch, "knee")
+            face = relight(warped, target, skin, face_w, scratch, knee)
         else:
             face = warped
-        return MeshPatch(region, face, alpha, scratch)
+        return MeshPatch(region, face, alpha, scratch, windows)
 
-    def _openings(self, points: np.ndarray) -> np.ndarray:
+    def _openings(self, mouth_kept: bool) -> np.ndarray:
         """(T,) bool: triangles over the openings where the target's own pixels stay."""
         opening = EYE_TRIANGLES.copy() if self.config.keep_eyes else np.zeros(len(TRIANGLES), bool)
-        if self._mouth_kept(points):
+        if mouth_kept:
             opening |= MOUTH_TRIANGLES
         return opening
 
@@ -203,23 +240,93 @@ class MeshSwapper:
         (``mirrored``: (T,) bool, triangles textured from their mirror image)."""
         # The map is piecewise affine and continuous, so it is computed at 1/2 or 1/4
         # resolution and scaled up bilinearly with no visible difference.
-        mh, mw = ids.shape
-        tri_dst = to_low_res(tri_local, shape, (mw, mh))
-        aff = _affines(tri_dst, tri_src)
-        inside = ids >= 0
-        safe = np.where(inside, ids, 0)
-        coef = aff[safe]  # (mh, mw, 3, 2)
-        gx = np.arange(mw, dtype=np.float32)[None, :]
-        gy = np.arange(mh, dtype=np.float32)[:, None]
-        maps = coef[..., 0, :] * gx[..., None] + coef[..., 1, :] * gy[..., None] + coef[..., 2, :]
-        # Rasterisation covers pixel centres just outside a triangle; on a squashed triangle
-        # its affine map flings those far across the source. Clamping to the triangle's own
-        # source extent keeps every sample local.
-        np.clip(maps, tri_src.min(1)[safe], tri_src.max(1)[safe], out=maps)
+        maps, inside = _low_res_map(ids, tri_local, tri_src, shape)
         maps[~inside] = -1
         if f > 1:
             maps = _upscaled(maps, ids, mirrored, shape)
         return cv2.remap(texture, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _low_res_map(
+    ids: np.ndarray, tri_local: np.ndarray, tri_src: np.ndarray, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mh, mw, 2) float32 map taking each pixel of ``ids`` (a low-res copy of a ``shape``
+    region) through the affine map of the triangle seen there from ``tri_local`` (full-res,
+    (T, 3, 2)) onto ``tri_src``; and where a triangle is seen (bool)."""
+    mh, mw = ids.shape
+    tri_dst = to_low_res(tri_local, shape, (mw, mh))
+    aff = _affines(tri_dst, tri_src)
+    inside = ids >= 0
+    safe = np.where(inside, ids, 0)
+    coef = aff[safe]  # (mh, mw, 3, 2)
+    gx = np.arange(mw, dtype=np.float32)[None, :]
+    gy = np.arange(mh, dtype=np.float32)[:, None]
+    maps = coef[..., 0, :] * gx[..., None] + coef[..., 1, :] * gy[..., None] + coef[..., 2, :]
+    # Rasterisation covers pixel centres just outside a triangle; on a squashed triangle
+    # its affine map flings those far across the source. Clamping to the triangle's own
+    # source extent keeps every sample local.
+    np.clip(maps, tri_src.min(1)[safe], tri_src.max(1)[safe], out=maps)
+    return maps, inside
+
+
+@dataclass(frozen=True)
+class MovedOpening:
+    """An opening (an open mouth, a kept eye) of a face whose landmarks were moved: the
+    target's own pixels there, moved with them."""
+
+    box: tuple[slice, slice]
+    "The window in the face's region."
+    under: np.ndarray
+    "The target's moved pixels in the window (BGR uint8)."
+    opening: np.ndarray
+    "(h, w) bool in the window: the opening and its soft edge's reach, written even where alpha is 0."
+
+
+class _Openings:
+    """Moves the target's own pixels at the openings with the landmarks. Only there does the
+    target show through the inner face and must line up with the moved lips and lids;
+    everywhere else the face covers it fully, or (its soft outer edge) hardly moves."""
+
+    def __init__(self, ids: np.ndarray, f: int, cuts: list[np.ndarray], feather: float):
+        self.f, self.cuts = f, cuts
+        # The openings' reach: as far as visible_alpha's soft edge round them takes alpha to 0.
+        self.reach = max(1, int(round(HOLE_FEATHER * feather / f))) + 2
+        self.holes = cv2.dilate((ids == HOLE).view(np.uint8), disc(self.reach))
+
+    def moved(self, target: np.ndarray, group: np.ndarray, moved: np.ndarray, original: np.ndarray) -> MovedOpening:
+        """The opening of a feature whose vertices ``group`` moved as a whole (one similarity:
+        see swap/shape.py) from ``original`` to ``moved`` (full-res (N, 2) points in the
+        region): the target's pixels in the box round it carried by that map."""
+        y0, y1, x0, x1 = _window([moved[group], original[group]], self.f * (self.reach + 1), target.shape[:2])
+        # The least-squares affine map from the moved feature back onto the original one,
+        # exact for a feature moved as a whole; in the box's own coordinates.
+        ones = np.ones((len(group), 1), np.float32)
+        src = np.hstack([moved[group] - (x0, y0), ones])
+        back, *_ = np.linalg.lstsq(src.astype(np.float64), original[group].astype(np.float64), rcond=None)
+        under = cv2.warpAffine(
+            target,
+            back.T,
+            (x1 - x0, y1 - y0),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        f, (mh, mw) = self.f, self.holes.shape
+        rows = np.minimum(np.arange(y0, y1) // f, mh - 1)[:, None]
+        cols = np.minimum(np.arange(x0, x1) // f, mw - 1)[None, :]
+        opening = self.holes[rows, cols].copy()
+        if self.cuts:
+            shifted = [np.round((p - (x0, y0)) * 16).astype(np.int32) for p in self.cuts]
+            cv2.fillPoly(opening, shifted, 1, cv2.LINE_8, 4)
+        return MovedOpening((slice(y0, y1), slice(x0, x1)), under, opening.view(bool))
+
+
+def _window(points: list[np.ndarray], pad: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the box round ``points`` (full-res (N, 2) sets), ``pad`` px wider,
+    inside ``shape``."""
+    both = np.concatenate(points)
+    x0, y0 = np.maximum(np.floor(both.min(0)) - pad, 0).astype(int)
+    x1, y1 = np.minimum(np.ceil(both.max(0)) + pad + 1, [shape[1], shape[0]]).astype(int)
+    return int(y0), int(y1), int(x0), int(x1)
 
 
 def _upscaled(maps: np.ndarray, ids: np.ndarray, mirrored: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -251,3 +358,5 @@ class MeshPatch:
     face: np.ndarray
     alpha: np.ndarray
     scratch: Scratch
+    windows: list[MovedOpening] = field(default_factory=list)
+    "The openings of a face whose landmarks were moved (the target's own pixels moved there)."

@@ -38,6 +38,8 @@ MIN_SOURCE_FACING = 0.2
 MIRROR_GAIN = 0.3
 #: A triangle with more than this share of its pixels covered (hair, frames) is not used.
 MAX_COVERED = 0.8
+#: A triangle with more than this share past the outline (less its margin) is not used.
+MAX_OUTSIDE = 0.3
 #: A mirror image is taken only when at most this share of it is covered.
 MAX_MIRROR_COVERED = 0.02
 #: Cheek points (image-left, then image-right) whose skin the skin model is fitted to.
@@ -70,9 +72,7 @@ class SourceTexture:
         points = source.points
         pts = inset_outline(points[:, :2])
         covered = covered_skin(source.image, points)
-        image = (
-            cv2.inpaint(source.image, covered.view(np.uint8), 5, cv2.INPAINT_TELEA) if covered.any() else source.image
-        )
+        image = skin_filled(source.image, covered, points) if covered.any() else source.image
         image = evenly_lit(image, points)
         image = face_only(image, points)
         own = pts[TRIANGLES]
@@ -80,6 +80,11 @@ class SourceTexture:
         mirror = pts[MIRROR[TRIANGLES]]
         own_facing, mirror_facing = facing(points), facing(points, MIRROR[TRIANGLES][:, ::-1])
         own_cover, mirror_cover = triangle_share(covered, own), triangle_share(covered, mirror)
+        # Where the mesh folds at the source's silhouette, inner triangles reach past the
+        # outline into the filled background: stretched over a target's cheek that faces
+        # the camera they came out as pale stripes.
+        outside = face_inside(source.image.shape, points) == 0
+        own_out, mirror_out = triangle_share(outside, own), triangle_share(outside, mirror)
         # Only the outer face is mirrored: the nose's and eyes' sides are always half hidden,
         # and their mirror images carry the other side's light (a bright dot on the nose).
         # A mirror image with anything covering it is not taken either: its inpainted
@@ -91,7 +96,9 @@ class SourceTexture:
             & (mirror_cover <= MAX_MIRROR_COVERED)
         )
         tri = np.where(mirrored[:, None, None], mirror, own)
-        usable = np.where(mirrored, mirror_cover, own_cover) <= MAX_COVERED
+        usable = (np.where(mirrored, mirror_cover, own_cover) <= MAX_COVERED) & (
+            np.where(mirrored, mirror_out, own_out) <= MAX_OUTSIDE
+        )
         levels = [(image, tri)]
         while np.ptp(levels[-1][1][..., 0]) > 96:
             img, t = levels[-1]
@@ -127,13 +134,25 @@ def evenly_lit(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     low = cv2.GaussianBlur(luma * w, (0, 0), sigma) / (cv2.GaussianBlur(w, (0, 0), sigma) + 1e-3)
     level = float(np.median(luma[skin > 0])) if skin.any() else float(luma.mean())
     gain = np.clip((level + 8) / (low + 8), 0.67, 1.5)
-    gain *= tamed(luma * gain, level, skin, face_w) / np.maximum(luma * gain, 1.0)
-    return cv2.convertScaleAbs(image.astype(np.float32) * gain[..., None])
+    lit = luma * gain
+    calm = tamed(lit, level, skin, face_w)
+    out = image.astype(np.float32) * (calm / np.maximum(lit, 1.0))[..., None]
+    # A highlight is the light's colour, not the skin's: toned down in luma only it turns
+    # into a grey patch (a pale smear beside the nose). It takes the skin's colour at its
+    # toned-down luma instead, fully once well above the highlight threshold.
+    glare = (np.clip((lit - level * (1 + HIGHLIGHT)) / (GLARE_RAMP * level), 0, 1) * (skin > 0)).astype(np.float32)
+    if glare.any():
+        tone = np.median(image[skin > 0].astype(np.float32), axis=0) / max(level, 1.0)
+        soft = cv2.GaussianBlur(glare, (0, 0), max(1.0, 0.01 * face_w))[..., None]
+        out += soft * (calm[..., None] * tone - out)
+    return cv2.convertScaleAbs(out)
 
 
 #: On the skin, luma above the face's level × (1 + HIGHLIGHT) is a highlight of the photo's
 #: light (a shiny nose tip, a wet forehead): it keeps only HIGHLIGHT_KEEP of its excess...
 HIGHLIGHT, HIGHLIGHT_KEEP = 0.10, 0.25
+#: A highlight takes the skin's colour over this share of the level above the threshold.
+GLARE_RAMP = 0.15
 #: ...and luma below level × (1 − SHADOW) keeps SHADOW_KEEP of its depth (eye bags, sockets
 #: in top light), which the target's paler light would otherwise deepen into dark rings.
 SHADOW, SHADOW_KEEP = 0.22, 0.5
@@ -158,16 +177,21 @@ def _disc(radius: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
+def face_inside(shape: tuple[int, ...], points: np.ndarray) -> np.ndarray:
+    """(h, w) uint8: 1 inside the face outline less a margin of ``EDGE_MARGIN`` × its width."""
+    outline = np.zeros(shape[:2], np.uint8)
+    cv2.fillPoly(outline, [np.round(points[FACE_OVAL, :2]).astype(np.int32)], 1)
+    return cv2.erode(outline, _disc(max(1, int(EDGE_MARGIN * np.ptp(points[:, 0])))))
+
+
 def face_only(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     """``image`` with every pixel outside the face outline replaced by the nearest pixel
     inside it: no sample of the texture (its smaller copies blurred from it included) can
     then carry background, hair or ears in from past the outline."""
-    outline = np.zeros(image.shape[:2], np.uint8)
-    cv2.fillPoly(outline, [np.round(points[FACE_OVAL, :2]).astype(np.int32)], 1)
     # Filled from well inside the outline: its last pixels are often hair or background
     # the skin model missed, and on a turned face the far cheek's triangles reach past the
     # outline (it lies behind the cheek), where they would take those pixels as pale arcs.
-    inside = cv2.erode(outline, _disc(max(1, int(EDGE_MARGIN * np.ptp(points[:, 0])))))
+    inside = face_inside(image.shape, points)
     if not inside.any():
         return image
     # Labels of the nearest zero pixel of (1 − inside), i.e. the nearest inside pixel.
@@ -177,6 +201,14 @@ def face_only(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     lut_y = np.concatenate([[0], ys])
     lut_x = np.concatenate([[0], xs])
     return image[lut_y[labels], lut_x[labels]]
+
+
+def skin_filled(image: np.ndarray, covered: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``image`` with the ``covered`` pixels inpainted from the face's own skin only: past the
+    outline lies background or hair, which inpainting would otherwise draw into a cover at
+    the jaw's or the temple's edge."""
+    unknown = (covered | (face_inside(image.shape, points) == 0)).view(np.uint8)
+    return cv2.inpaint(image, unknown, 5, cv2.INPAINT_TELEA)
 
 
 def inset_outline(points: np.ndarray) -> np.ndarray:

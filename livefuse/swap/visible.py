@@ -13,7 +13,7 @@ from livefuse.scratch import Scratch
 
 
 @functools.lru_cache(maxsize=32)
-def _disc(radius: int) -> np.ndarray:
+def disc(radius: int) -> np.ndarray:
     """A disc-shaped structuring element (a constant per radius)."""
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
@@ -37,14 +37,14 @@ def visible_alpha(ids: np.ndarray, shape: tuple[int, int], feather: float, facto
     small = scratch.get("vis_small", (h, w), np.uint8)
     # One low-res pixel more than the blur's reach: bilinear upscaling then cannot spill
     # past the painted surface, so nothing outside it is ever touched.
-    cv2.erode(full, _disc(r + 1), dst=small)
+    cv2.erode(full, disc(r + 1), dst=small)
     cv2.GaussianBlur(small, (2 * r + 1, 2 * r + 1), 0, dst=small)
     holes = scratch.get("vis_holes", (h, w), np.uint8)
     np.equal(ids, HOLE, out=holes.view(bool))
     if holes.any():
         rh = max(1, int(round(HOLE_FEATHER * feather / factor)))
         holes *= 255
-        cv2.dilate(holes, _disc(rh + 1), dst=holes)
+        cv2.dilate(holes, disc(rh + 1), dst=holes)
         cv2.GaussianBlur(holes, (2 * rh + 1, 2 * rh + 1), 0, dst=holes)
         cv2.subtract(small, holes, dst=small)
     small_f = scratch.get("vis_small_f", (h, w), np.float32)
@@ -62,14 +62,14 @@ def cut(alpha: np.ndarray, polygons: list[np.ndarray]) -> None:
         cv2.fillPoly(alpha, [np.round(p * 16).astype(np.int32) for p in polygons], 0, cv2.LINE_8, 4)
 
 
-def skin_weight(ids: np.ndarray, features: list[np.ndarray], scratch: Scratch) -> np.ndarray:
+def skin_weight(ids: np.ndarray, features: list[np.ndarray], scratch: Scratch, key: str = "vis_skin") -> np.ndarray:
     """(h, w) float32 at ``ids``' resolution: 1 on painted skin, 0 elsewhere and on
     ``features`` (convex polygons in ``ids``' pixels: eyes, brows, lips), for the light's
-    averages."""
-    skin = scratch.get("vis_skin", ids.shape, np.uint8)
+    averages. ``key`` names its scratch buffers (one per weight kept at once)."""
+    skin = scratch.get(key, ids.shape, np.uint8)
     np.greater_equal(ids, 0, out=skin.view(bool))
     for poly in features:
         cv2.fillConvexPoly(skin, np.round(poly * 16).astype(np.int32), 0, cv2.LINE_8, 4)
-    out = scratch.get("vis_skin_f", ids.shape, np.float32)
+    out = scratch.get(key + "_f", ids.shape, np.float32)
     np.copyto(out, skin, casting="unsafe")
     return out

@@ -19,7 +19,7 @@ from livefuse.scratch import Scratch
 from livefuse.swap.blend import colour_transfer
 from livefuse.swap.neural.models import Enhancer, Occluder, Parser, SwapModel
 from livefuse.swap.pastemask import covering_mask, insightface_mask
-from livefuse.swap.relight import relight
+from livefuse.swap.relight import relight_channels
 from livefuse.swap.visible import cut
 
 
@@ -187,7 +187,7 @@ class NeuralSwapper:
                 face = cv2.transform(face, transfer)
             if self.config.relight:
                 # The target's low-frequency light on top: no step where the paste meets the frame.
-                face = relight(face, target, self._skin, RELIGHT_FACE * face.shape[1], self._scratch)
+                face = relight_channels(face, target, self._skin, RELIGHT_FACE * face.shape[1], self._scratch)
         if self.config.sharpness > 0:
             blur = cv2.GaussianBlur(face, (0, 0), 1.0)
             face = cv2.addWeighted(face, 1 + self.config.sharpness, blur, -self.config.sharpness, 0)
