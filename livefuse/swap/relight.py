@@ -48,6 +48,8 @@ def blur_taps() -> np.ndarray:
     float32 taps (the GPU frame path applies the very same kernel)."""
     ksize = int(round(SIGMA * 4 * 2 + 1)) | 1
     return cv2.getGaussianKernel(ksize, SIGMA, cv2.CV_32F).ravel()
+
+
 #: Outside the eyes and teeth, luma above KNEE × the target's light keeps KNEE_KEEP of its
 #: excess: what is that much brighter than the skin around it on a pale target is a pale
 #: brow end, white hair at a temple or a highlight of the source's (a white patch, a streak).
@@ -148,7 +150,9 @@ def _knee(luma: np.ndarray, knee: np.ndarray, where: np.ndarray, scratch: Scratc
     luma -= over
 
 
-def relight_channels(face: np.ndarray, target: np.ndarray, skin: np.ndarray, face_w: float, scratch: Scratch) -> np.ndarray:
+def relight_channels(
+    face: np.ndarray, target: np.ndarray, skin: np.ndarray, face_w: float, scratch: Scratch
+) -> np.ndarray:
     """The neural paths' relighting: each colour channel of ``face`` (BGR uint8, the model's
     output) multiplied by the ratio of ``target``'s and its own smoothed colour over ``skin``.
     The GPU frame path's kernels compute exactly this (``swap/gpu/kernels.cu``), so the two
