@@ -141,32 +141,38 @@ def process_file(
     check_output(output, [input_spec, photo])
     source = VideoFileSource(input_spec) if is_url(input_spec) and not live else open_source(input_spec)
     sink = DiscardOnInterrupt(file_sink(output, isinstance(source, ImageSource), seal))
-    with Engine(settings) as engine:
-        swapper = engine.swapper(photo)
-        progress = _Progress(on_frame)
-        pipeline = Pipeline(source, engine.tracker(live=live), swapper, [sink], on_frame=progress, live=live)
-        progress.pipeline = pipeline
-        stats = _run_discarding_on_interrupt(pipeline, sink, output)
-        progress.finish()
+    try:
+        with Engine(settings) as engine:
+            swapper = engine.swapper(photo)
+            progress = _Progress(on_frame)
+            pipeline = Pipeline(source, engine.tracker(live=live), swapper, [sink], on_frame=progress, live=live)
+            progress.pipeline = pipeline
+            stats = _run_discarding_on_interrupt(pipeline, sink)
+            progress.finish()
+    except KeyboardInterrupt as exc:
+        # Wherever it came (loading the models, preparing the face, mid-file), say what is
+        # left at the output path: a stopped run either kept a complete file or wrote nothing.
+        if sink.finished:
+            log.warning("%s: %s was already complete and is kept", _signal_name(exc), output)
+        else:
+            log.error("%s: stopped; nothing was written to %s", _signal_name(exc), output)
+        raise
     skipped = getattr(source, "skipped", 0)
     if skipped:
         stats.extra["damaged_frames_skipped"] = float(skipped)
     return stats
 
 
-def _run_discarding_on_interrupt(pipeline: Pipeline, sink: DiscardOnInterrupt, output: Path) -> RunStats:
+def _run_discarding_on_interrupt(pipeline: Pipeline, sink: DiscardOnInterrupt) -> RunStats:
     pipeline.start()
     try:
         return pipeline.join()
-    except KeyboardInterrupt as exc:
+    except KeyboardInterrupt:
         # Set before stopping: the pipeline's shutdown closes the sink, which then discards.
         sink.discard = True
         pipeline.stop()
-        if sink.finished:
-            log.warning("%s: %s was already complete and is kept", _signal_name(exc), output)
-        else:
+        if not sink.finished:
             sink.abort()
-            log.error("%s: stopped; nothing was written to %s", _signal_name(exc), output)
         raise
 
 

@@ -259,6 +259,23 @@ def test_signal_during_run_leaves_nothing(home, photo, long_clip, tmp_path, sign
     assert leftovers(out_dir, set()) == []
 
 
+def test_a_signal_before_the_first_frame_says_so_too(home, photo, long_clip, tmp_path, monkeypatch, caplog):
+    """Stopped while the face photo is still being prepared (models loaded, no frame yet):
+    the same one line as mid-file, and nothing at the output path."""
+    from livefuse.app import Engine
+    from livefuse.signals import Interrupted
+
+    def stopped(self, *args, **kwargs):
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(Engine, "swapper", stopped)
+    out = tmp_path / "out.mp4"
+    code = main(["run", "--source", photo, "--input", str(long_clip), "--output", str(out)])
+    assert code == 143, caplog.text
+    assert "SIGTERM: stopped; nothing was written to" in caplog.text and "Traceback" not in caplog.text
+    assert not out.exists() and leftovers(tmp_path, set()) == []
+
+
 # -- empty and huge images ---------------------------------------------------------------------
 
 
