@@ -50,6 +50,22 @@ def blur_taps() -> np.ndarray:
     return cv2.getGaussianKernel(ksize, SIGMA, cv2.CV_32F).ravel()
 
 
+def _skin_grid(skin: np.ndarray, shape: tuple[int, int], face_w: float) -> np.ndarray | None:
+    """``skin`` on the light grid of a region of ``shape``; None when it covers under
+    ``MIN_SKIN`` cells (no light to measure: the face stays as it is)."""
+    wgt = cv2.resize(skin, grid_size(shape, face_w), interpolation=cv2.INTER_AREA)
+    return wgt if float(wgt.sum()) >= MIN_SKIN else None
+
+
+def _skin_light(src: np.ndarray, dst: np.ndarray, wgt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both faces' light per grid cell (``src``, ``dst``: float32, 3 channels on the grid):
+    Gaussian averages over the skin only (normalised convolution), so eyes, brows, lips and
+    the background do not enter them."""
+    weight = (cv2.GaussianBlur(wgt, (0, 0), SIGMA) + EPS)[..., None]
+    w3 = wgt[..., None]
+    return cv2.GaussianBlur(src * w3, (0, 0), SIGMA) / weight, cv2.GaussianBlur(dst * w3, (0, 0), SIGMA) / weight
+
+
 #: Outside the eyes and teeth, luma above KNEE × the target's light keeps KNEE_KEEP of its
 #: excess: what is that much brighter than the skin around it on a pale target is a pale
 #: brow end, white hair at a temple or a highlight of the source's (a white patch, a streak).
@@ -73,18 +89,14 @@ def relight(
     ratio to the source's own low band, contrast kept at ``GAMMA``).
     """
     shape = face.shape[:2]
-    size = grid_size(shape, face_w)
-    wgt = cv2.resize(skin, size, interpolation=cv2.INTER_AREA)
-    total = float(wgt.sum())
-    if total < MIN_SKIN:
+    wgt = _skin_grid(skin, shape, face_w)
+    if wgt is None:
         return face
+    size = wgt.shape[::-1]
     ycc = cv2.cvtColor(face, cv2.COLOR_BGR2YCrCb)
     src = cv2.resize(ycc, size, interpolation=cv2.INTER_AREA).astype(np.float32)
     dst = cv2.cvtColor(cv2.resize(target, size, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2YCrCb).astype(np.float32)
-    weight = cv2.GaussianBlur(wgt, (0, 0), SIGMA) + EPS
-    w3 = wgt[..., None]
-    s = cv2.GaussianBlur(src * w3, (0, 0), SIGMA) / weight[..., None]
-    d = cv2.GaussianBlur(dst * w3, (0, 0), SIGMA) / weight[..., None]
+    s, d = _skin_light(src, dst, wgt)
     # Per cell: luma = target's light × (source / source's light)^γ, linearised as A + B·Y.
     # Chroma: the pixel's own, scaled with its luma, plus the shift that turns the source's
     # skin into the target's, applied in proportion to the pixel's luma up to the skin's:
@@ -158,23 +170,17 @@ def relight_channels(
     The GPU frame path's kernels compute exactly this (``swap/gpu/kernels.cu``), so the two
     frame paths agree; the mesh path's :func:`relight` works on luma and chroma instead.
 
-    Frequency bands: result = target's low band + the source's detail band (source − its low
-    band), the detail scaled by one gain per face (the square root of the two faces' luma
-    ratio): a dark-skinned source's shadows do not blow out to white on a pale target, and a
-    pale source's detail does not vanish on a dark one.
+    Frequency bands: per channel and cell, result = target's light × (face / its own
+    light)^γ, linearised as gain · face + offset.
     """
     shape = face.shape[:2]
-    size = grid_size(shape, face_w)
-    wgt = cv2.resize(skin, size, interpolation=cv2.INTER_AREA)
-    total = float(wgt.sum())
-    if total < MIN_SKIN:
+    wgt = _skin_grid(skin, shape, face_w)
+    if wgt is None:
         return face
+    size = wgt.shape[::-1]
     src = cv2.resize(face, size, interpolation=cv2.INTER_AREA).astype(np.float32)
     dst = cv2.resize(target, size, interpolation=cv2.INTER_AREA).astype(np.float32)
-    weight = cv2.GaussianBlur(wgt, (0, 0), SIGMA) + EPS
-    w3 = wgt[..., None]
-    s = cv2.GaussianBlur(src * w3, (0, 0), SIGMA) / weight[..., None]
-    d = cv2.GaussianBlur(dst * w3, (0, 0), SIGMA) / weight[..., None]
+    s, d = _skin_light(src, dst, wgt)
     # Per channel and per cell: result = target's light × (source / source's light)^γ,
     # linearised as A + B·face. A ratio, not a difference: a dark feature (brows) stays dark
     # and neutral on a paler target instead of shifting hue, and highlights scale with it.
