@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from livefuse.app import Engine
+from livefuse.config import load_settings
 from livefuse.models.files import pip_download, sha256_file
 from livefuse.models.install import ModelInstaller
 from livefuse.models.manifest import PackageSource, package_sources
@@ -92,3 +95,11 @@ def cli_home(livefuse_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("LIVEFUSE_CONFIG", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent")
     return livefuse_home
+
+
+@pytest.fixture(scope="module")
+def engine(livefuse_home: Path) -> Iterator[Engine]:
+    """An Engine on the cache home with the default settings (2 ONNX Runtime threads), one per
+    test module. Modules that need other settings define their own ``engine``."""
+    with Engine(load_settings({"threads": 2, "home": str(livefuse_home)}, env={})) as e:
+        yield e

@@ -16,11 +16,9 @@ from livefuse.errors import ConfigError
 
 
 @pytest.fixture
-def home(livefuse_home, monkeypatch):
-    monkeypatch.setenv("LIVEFUSE_HOME", str(livefuse_home))
-    monkeypatch.delenv("LIVEFUSE_CONFIG", raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent")
-    return livefuse_home
+def home(cli_home):
+    """The shared ``cli_home`` (LIVEFUSE_HOME set, no config file), by this module's name."""
+    return cli_home
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,6 @@ import cv2
 import numpy as np
 import pytest
 
-from livefuse.app import Engine
-from livefuse.config import load_settings
 from livefuse.errors import NoFaceError, SourceError
 from livefuse.swap.source import analyse_source, read_image
 from tests.helpers import frame_of
@@ -25,12 +23,6 @@ T1_FACES = [
     ((1135, 270, 1226, 395), (1152, 326), (1194, 323)),
 ]
 OBAMA_FACE = ((368, 86, 619, 433), (435, 215), (560, 210))
-
-
-@pytest.fixture(scope="module")
-def engine(livefuse_home):
-    with Engine(load_settings({"threads": 2, "home": str(livefuse_home)}, env={})) as e:
-        yield e
 
 
 def _match(found, expected, box_tol: float, eye_tol: float) -> None:

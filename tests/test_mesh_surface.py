@@ -10,8 +10,6 @@ import cv2
 import numpy as np
 import pytest
 
-from livefuse.app import Engine
-from livefuse.config import load_settings
 from livefuse.face.canonical import TRIANGLES
 from livefuse.face.surface import INNER_TRIANGLES, MIRROR, facing
 from livefuse.face.topology import FACE_OVAL
@@ -21,12 +19,6 @@ from livefuse.swap.texture import FOREHEAD, MAX_MIRROR_COVERED, SourceTexture, i
 from tests.helpers import frame_of
 
 PLAIN = MeshSwapConfig(colour=False)
-
-
-@pytest.fixture(scope="module")
-def engine(livefuse_home):
-    with Engine(load_settings({"threads": 2, "home": str(livefuse_home)}, env={})) as e:
-        yield e
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 
-from livefuse.app import Engine
 from livefuse.config import load_settings
 from livefuse.errors import ConfigError
 from livefuse.face.canonical import TRIANGLES
@@ -20,12 +19,6 @@ from livefuse.swap.mesh import MeshSwapConfig, MeshSwapper
 from livefuse.swap.shape import EYE_CORNERS, EYE_L, EYE_R, MAX_MOVE, NOSE, UPPER_LIP, WEIGHT, ShapeTransfer
 from livefuse.swap.source import SourceFace
 from tests.helpers import frame_of
-
-
-@pytest.fixture(scope="module")
-def engine(livefuse_home):
-    with Engine(load_settings({"threads": 2, "home": str(livefuse_home)}, env={})) as e:
-        yield e
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from livefuse.app import Engine
-from livefuse.config import load_settings
 from livefuse.face.surface import mouth_open
 from livefuse.face.topology import MOUTH_INNER
 from livefuse.swap.mesh import MeshSwapConfig, MeshSwapper
 from tests.helpers import frame_of, hull_mask, oval_mask, texture_similarity, unwrapped
-
-
-@pytest.fixture(scope="module")
-def engine(livefuse_home):
-    with Engine(load_settings({"threads": 2, "home": str(livefuse_home)}, env={})) as e:
-        yield e
 
 
 @pytest.fixture(scope="module")
