@@ -16,7 +16,13 @@ CPU is counted per process: the server (this process: decode, pipeline, encode) 
 Chromium (camera, encode, decode, display). Prints Markdown tables and writes
 benchmarks/out/webrtc-<date>.json.
 
+``--split-cores``: the server runs on the machine's last core and Chromium on the others,
+as when the browser is on the caller's own machine; without it both share every core, and on a
+2-core machine the browser's camera, encoder and display compete with the swap for the same
+core time.
+
 Usage: python benchmarks/bench_webrtc.py [--seconds 10] [--sizes 480p,720p] [--variants vp8,h264,aiortc]
+                                         [--split-cores]
 Needs Chromium at /usr/bin/chromium (apt-get install chromium) and the webrtc extra.
 """
 
@@ -90,6 +96,22 @@ async def serving(engine: Engine, settings: Settings, variant: str) -> AsyncIter
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+def split_cores(tmp: Path) -> str:
+    """Pin this process (the server: every thread it has and will start) to the last core, and
+    return a Chromium launcher pinned to the others (threads started later inherit their
+    creator's affinity, so pinning what runs now covers them)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise SystemExit("--split-cores needs at least 2 cores")
+    for task in Path("/proc/self/task").iterdir():
+        os.sched_setaffinity(int(task.name), {cores[-1]})
+    launcher = tmp / "chromium-pinned"
+    others = ",".join(str(c) for c in cores[:-1])
+    launcher.write_text(f'#!/bin/sh\nexec taskset -c {others} {CHROMIUM} "$@"\n')
+    launcher.chmod(0o755)
+    return str(launcher)
 
 
 def cpu_ticks() -> tuple[int, int]:
@@ -183,12 +205,13 @@ async def run_once(browser: Browser, url: str, size: str, swap: bool, seconds: f
     }
 
 
-async def bench(sizes: list[str], seconds: float, home: Path, variants: list[str]) -> list[dict[str, Any]]:
+async def bench(sizes: list[str], seconds: float, home: Path, variants: list[str], split: bool) -> list[dict[str, Any]]:
     loopback_only()
     settings = load_settings({"home": str(home)}, env={})
     portrait = cv2.imread(str(SampleStore(home).path("obama.jpg")))
     runs = []
     with Engine(settings) as engine, tempfile.TemporaryDirectory(prefix="livefuse-bench-") as tmp:
+        chromium = split_cores(Path(tmp)) if split else CHROMIUM
         for size in sizes:
             # 90 frames: the counter repeats every 3 s, far above any latency measured.
             camera = write_y4m(Path(tmp) / f"camera-{size}.y4m", face_clip(portrait, SIZES[size], 90))
@@ -196,11 +219,12 @@ async def bench(sizes: list[str], seconds: float, home: Path, variants: list[str
                 with aiortc_encoders(variant == "aiortc"):
                     async with serving(engine, settings, variant) as url, async_playwright() as playwright:
                         browser = await playwright.chromium.launch(
-                            executable_path=CHROMIUM, args=chromium_flags(camera)
+                            executable_path=chromium, args=chromium_flags(camera)
                         )
                         try:
                             for swap in (True, False):
                                 run = await run_once(browser, url, size, swap, seconds, variant)
+                                run["cores"] = "split" if split else "shared"
                                 print(json.dumps(run), file=sys.stderr)
                                 runs.append(run)
                         finally:
@@ -274,6 +298,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="measuring time per run (10)")
     parser.add_argument("--sizes", default="480p,720p")
     parser.add_argument("--variants", default="vp8,h264,aiortc", help="encoders to compare (vp8,h264,aiortc)")
+    parser.add_argument("--split-cores", action="store_true", help="server on the last core, Chromium on the rest")
     args = parser.parse_args()
     if not Path(CHROMIUM).exists():
         print(f"bench_webrtc needs Chromium at {CHROMIUM}: apt-get install -y chromium", file=sys.stderr)
@@ -281,10 +306,16 @@ def main() -> int:
     home = Path(os.environ.get("LIVEFUSE_HOME") or default_home())
     ModelInstaller(ModelStore(home)).pull()
     SampleStore(home).pull()
-    runs = asyncio.run(bench(args.sizes.split(","), args.seconds, home, args.variants.split(",")))
+    runs = asyncio.run(bench(args.sizes.split(","), args.seconds, home, args.variants.split(","), args.split_cores))
     OUT.mkdir(exist_ok=True)
-    results = {"machine": machine(), "swapper": "mesh", "seconds": args.seconds, "runs": runs}
-    path = OUT / f"webrtc-{results['machine']['date']}.json"
+    results = {
+        "machine": machine(),
+        "swapper": "mesh",
+        "seconds": args.seconds,
+        "cores": "split" if args.split_cores else "shared",
+        "runs": runs,
+    }
+    path = OUT / f"webrtc-{results['machine']['date']}-{results['cores']}.json"
     path.write_text(json.dumps(results, indent=1))
     print(table(runs))
     print(f"\nwrote {path}", file=sys.stderr)
