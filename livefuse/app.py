@@ -15,7 +15,7 @@ from threadpoolctl import threadpool_limits
 
 from livefuse.config import MESH, DetectorName, RuntimeSettings, Settings, SwapSettings
 from livefuse.errors import ConfigError, ModelError
-from livefuse.face.detect import CenterFaceDetector, Detector, DetectorConfig
+from livefuse.face.detect import CenterFaceDetector, Detector, DetectorConfig, TieredDetector
 from livefuse.face.detectors import ScrfdDetector, YunetDetector
 from livefuse.face.mesh import MeshLandmarker
 from livefuse.face.topology import five_points
@@ -52,6 +52,13 @@ def runner_options(settings: RuntimeSettings) -> RunnerOptions:
 def home_of(settings: Settings) -> Path:
     """The models-and-samples directory the settings point at."""
     return settings.runtime.home or default_home()
+
+
+#: Live video detects in tiers (face/detect.py ``TieredDetector``): CenterFace at this input
+#: size (faces from 1/16 of the frame's longest side: 80 px at 1280) on most passes, at the
+#: settings' ``detect_size`` every ``LIVE_FINE_EVERY``-th. Files detect at full size always.
+LIVE_COARSE_SIZE = 320
+LIVE_FINE_EVERY = 3
 
 
 class Engine:
@@ -104,11 +111,24 @@ class Engine:
 
     def tracker(self, *, live: bool = False) -> FaceTracker:
         """The analysis stage. ``live``: the detector runs in its own thread beside the tracker,
-        so no live frame waits for it; otherwise inline (files: the same output every time).
-        Close a live tracker (the pipeline does) to stop that thread."""
+        so no live frame waits for it, and (CenterFace) in tiers, most passes at a coarse input;
+        otherwise inline at full size (files: the same output every time). Close a live
+        tracker (the pipeline does) to stop that thread."""
         s = self.settings.analysis
-        config = TrackerConfig(detect_every=s.detect_every, max_faces=s.max_faces, smooth=s.smooth, background=live)
-        return FaceTracker(self.detector(), self.landmarker(), config)
+        detector = self.detector()
+        miss_from = 0.0
+        if live and isinstance(detector, CenterFaceDetector) and s.detect_size >= 2 * LIVE_COARSE_SIZE:
+            coarse = CenterFaceDetector(detector.runner, DetectorConfig(LIVE_COARSE_SIZE, s.detect_threshold))
+            tiers = TieredDetector(detector, coarse, LIVE_FINE_EVERY)
+            detector, miss_from = tiers, tiers.reliable_share()
+        config = TrackerConfig(
+            detect_every=s.detect_every,
+            max_faces=s.max_faces,
+            smooth=s.smooth,
+            background=live,
+            miss_from=miss_from,
+        )
+        return FaceTracker(detector, self.landmarker(), config)
 
     def source_face(self, photo: Path) -> tuple[np.ndarray, SourceFace]:
         """The photo and its analysed face (largest one), read and checked once."""

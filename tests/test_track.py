@@ -228,3 +228,58 @@ def test_file_mode_gives_the_same_faces_every_time(engine, livefuse_home) -> Non
 
     first, second = landmarks(), landmarks()
     assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def _scene(portrait: np.ndarray, face_w: float, portrait_face_w: float) -> np.ndarray:
+    """A 1280x720 frame with ``portrait`` scaled so its face is ``face_w`` px wide."""
+    s = face_w / portrait_face_w
+    small = cv2.resize(portrait, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)[:600, :1000]
+    frame = np.full((720, 1280, 3), 120, np.uint8)
+    frame[60 : 60 + small.shape[0], 200 : 200 + small.shape[1]] = small
+    return frame
+
+
+def test_live_detector_finds_big_faces_every_pass_and_small_ones_on_its_fine_passes(engine, livefuse_home) -> None:
+    from livefuse.app import LIVE_COARSE_SIZE, LIVE_FINE_EVERY
+    from livefuse.face.detect import TieredDetector
+
+    live = engine.tracker(live=True)
+    try:
+        tiers = live.detector
+        assert isinstance(tiers, TieredDetector)
+        assert (tiers.coarse.config.size, tiers.fine_every) == (LIVE_COARSE_SIZE, LIVE_FINE_EVERY)
+        portrait = cv2.imread(str(livefuse_home / "samples" / "obama.jpg"))
+        width = float(np.ptp(engine.detector().detect(portrait).boxes[0, [0, 2]]))
+        big, small = _scene(portrait, 200, width), _scene(portrait, 40, width)
+        # A face 40 px wide in a 1280-px frame is below the coarse input's reach (80 px).
+        assert 40 < tiers.reliable_share() * 1280 <= 200
+        found = [len(tiers.detect(small)) for _ in range(2 * LIVE_FINE_EVERY)]
+        assert found == ([1] + [0] * (LIVE_FINE_EVERY - 1)) * 2
+        assert all(len(tiers.detect(big)) == 1 for _ in range(2 * LIVE_FINE_EVERY))
+        assert tiers.calls == 4 * LIVE_FINE_EVERY  # both tiers count as detector runs
+    finally:
+        live.close()
+    assert not isinstance(engine.tracker().detector, TieredDetector)  # files: full size always
+
+
+def test_coarse_passes_do_not_end_a_small_face_they_cannot_see(engine, livefuse_home) -> None:
+    from livefuse.face.track import FaceTracker, TrackerConfig
+    from livefuse.faces import Faces
+
+    class Blind:
+        """A detector pass that sees nothing (a coarse pass, for a small face)."""
+
+        calls = 0
+
+        def detect(self, image: np.ndarray) -> Faces:
+            return Faces.empty()
+
+    image = clip_frames(livefuse_home, 30, 1)[0]
+    faces = engine.tracker().analyze(frame_of(image, 0))
+    share = float(np.ptp(faces.landmarks[0, :, 0])) / max(image.shape[:2])
+    for miss_from, survives in ((share * 1.1, True), (share * 0.9, False)):
+        tracker = FaceTracker(Blind(), engine.landmarker(), TrackerConfig(miss_from=miss_from, max_missed=3))
+        tracker._start(image, faces.boxes[0], faces.kps[0])
+        for _ in range(5):
+            tracker._reconcile(image, Faces.empty())
+        assert bool(tracker.tracks) is survives

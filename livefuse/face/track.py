@@ -34,6 +34,10 @@ class TrackerConfig:
     "Below this the track lives on, but the detector runs on the next frame to re-anchor it."
     max_missed: int = 3
     "A track the detector misses this many rounds in a row ends."
+    miss_from: float = 0.0
+    """Only tracks at least this wide (a share of the frame's longest side) count a round the
+    detector did not see them; narrower ones end by their mesh presence alone (a live
+    detector's coarse passes cannot see them: :class:`~livefuse.face.detect.TieredDetector`)."""
     max_faces: int = 8
     smooth: bool = True
     background: bool = False
@@ -147,8 +151,12 @@ class FaceTracker:
         overlaps (their landmarks from ``image``), and merge tracks that converged."""
         boxes = np.stack([t.box() for t in self.tracks]) if self.tracks else np.zeros((0, 4))
         overlap = iou(boxes, found.boxes) if len(found) else np.zeros((len(boxes), 0))
+        narrowest = self.config.miss_from * max(image.shape[:2])
         for track, row in zip(self.tracks, overlap):
-            track.missed = 0 if row.size and row.max() > 0.3 else track.missed + 1
+            if row.size and row.max() > 0.3:
+                track.missed = 0
+            elif np.ptp(track.points[:, 0]) >= narrowest:
+                track.missed += 1
         self.tracks = [t for t in self.tracks if t.missed < self.config.max_missed]
         fresh = ~(overlap > 0.3).any(axis=0) if len(boxes) else np.ones(len(found), bool)
         for i in np.flatnonzero(fresh):
