@@ -3,6 +3,8 @@ to per-frame detection, stable ids, faces entering and leaving; smoothing of a s
 
 from __future__ import annotations
 
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -283,3 +285,35 @@ def test_coarse_passes_do_not_end_a_small_face_they_cannot_see(engine, livefuse_
         for _ in range(5):
             tracker._reconcile(image, Faces.empty())
         assert bool(tracker.tracks) is survives
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads have their own scheduling on Linux only")
+def test_detector_thread_takes_idle_time_and_falls_back_to_nice_when_starved() -> None:
+    import os
+    import threading
+
+    from livefuse.face.background import DETECTOR_NICENESS, DetectorPriority
+
+    seen: list[tuple[int, int]] = []
+
+    def policy() -> tuple[int, int]:
+        tid = threading.get_native_id()
+        return os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid)
+
+    def run() -> None:
+        priority = DetectorPriority()
+        priority.start()
+        seen.append(policy())
+        priority.after_pass(wall_s=0.050, cpu_s=0.045)  # unhindered: stays on idle time
+        seen.append(policy())
+        priority.after_pass(wall_s=0.400, cpu_s=0.045)  # waited for the CPU: nice instead
+        seen.append(policy())
+        priority.after_pass(wall_s=0.050, cpu_s=0.045)  # idle time again
+        seen.append(policy())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert [p for p, _ in seen] == [os.SCHED_IDLE, os.SCHED_IDLE, os.SCHED_OTHER, os.SCHED_IDLE]
+    assert seen[2][1] >= DETECTOR_NICENESS
+    assert policy()[0] == os.SCHED_OTHER  # the caller's own thread untouched
