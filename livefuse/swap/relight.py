@@ -70,6 +70,9 @@ def _skin_light(src: np.ndarray, dst: np.ndarray, wgt: np.ndarray) -> tuple[np.n
 #: excess: what is that much brighter than the skin around it on a pale target is a pale
 #: brow end, white hair at a temple or a highlight of the source's (a white patch, a streak).
 KNEE, KNEE_KEEP = 1.15, 0.3
+#: ...or above the target's light plus this share of its headroom to white, when that is
+#: lower: on a pale target 15 % above its light is beyond anything its own skin shows.
+HEADROOM = 0.4
 
 
 def relight(
@@ -108,7 +111,7 @@ def relight(
         (d[..., 1] - 128) - (s[..., 1] - 128) * (d[..., 0] / light),
         (d[..., 2] - 128) - (s[..., 2] - 128) * (d[..., 0] / light),
         1 / np.maximum(d[..., 0], 8.0),
-        KNEE * d[..., 0],
+        np.minimum(KNEE * d[..., 0], d[..., 0] + HEADROOM * (255 - d[..., 0])),
     )
     # Contiguous full-size planes: the per-pixel work below is a few vector passes each.
     gain, offset, shift_cr, shift_cb, inv_light, ceiling = (

@@ -50,6 +50,10 @@ FOREHEAD = np.array([
     127, 162, 21, 54, 103, 67, 109, 10, 338, 297, 332, 284, 251, 389, 356,
     300, 293, 334, 296, 336, 107, 66, 105, 63, 70,
 ])  # fmt: skip
+#: The temples beside the brows' outer ends (each side: the brow's outer half, then the
+#: outline from the forehead down to the eye's level), where grey brow ends and thin white
+#: temple hair lie on the skin.
+TEMPLES = (np.array([300, 293, 276, 283, 284, 251, 389, 356]), np.array([70, 63, 46, 53, 54, 21, 162, 127]))
 
 
 @dataclass(frozen=True)
@@ -135,12 +139,14 @@ def evenly_lit(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     level = float(np.median(luma[skin > 0])) if skin.any() else float(luma.mean())
     gain = np.clip((level + 8) / (low + 8), 0.67, 1.5)
     lit = luma * gain
-    calm = tamed(lit, level, skin, face_w)
+    temples = temple_zones(image.shape[:2], xy)
+    calm = tamed(lit, level, skin, face_w, temples)
     out = image.astype(np.float32) * (calm / np.maximum(lit, 1.0))[..., None]
     # A highlight is the light's colour, not the skin's: toned down in luma only it turns
     # into a grey patch (a pale smear beside the nose). It takes the skin's colour at its
     # toned-down luma instead, fully once well above the highlight threshold.
-    glare = (np.clip((lit - level * (1 + HIGHLIGHT)) / (GLARE_RAMP * level), 0, 1) * (skin > 0)).astype(np.float32)
+    glare = np.clip((lit - level * (1 + HIGHLIGHT)) / (GLARE_RAMP * level), 0, 1) * ((skin | temples) > 0)
+    glare = glare.astype(np.float32)
     if glare.any():
         tone = np.median(image[skin > 0].astype(np.float32), axis=0) / max(level, 1.0)
         soft = cv2.GaussianBlur(glare, (0, 0), max(1.0, 0.01 * face_w))[..., None]
@@ -158,15 +164,30 @@ GLARE_RAMP = 0.15
 SHADOW, SHADOW_KEEP = 0.22, 0.5
 
 
-def tamed(luma: np.ndarray, level: float, skin: np.ndarray, face_w: float) -> np.ndarray:
+def tamed(
+    luma: np.ndarray, level: float, skin: np.ndarray, face_w: float, temples: np.ndarray | None = None
+) -> np.ndarray:
     """``luma`` (float32) with the skin's highlights and deep shadows compressed towards
-    ``level``; eyes, brows and lips (0 in ``skin``) are left as they are, with a soft seam."""
+    ``level``; eyes, brows and lips (0 in ``skin``) are left as they are, with a soft seam.
+    In ``temples`` (uint8, 1 inside; brows included) the highlights are compressed too."""
     hi, lo = level * (1 + HIGHLIGHT), level * (1 - SHADOW)
-    out = np.where(luma > hi, hi + HIGHLIGHT_KEEP * (luma - hi), luma)
-    out = np.where(out < lo, lo - SHADOW_KEEP * (lo - out), out)
+    bright = np.where(luma > hi, hi + HIGHLIGHT_KEEP * (luma - hi), luma)
+    out = np.where(bright < lo, lo - SHADOW_KEEP * (lo - bright), bright)
     soft = max(1.0, 0.015 * face_w)
     weight = cv2.GaussianBlur(cv2.erode(skin, np.ones((3, 3), np.uint8)).astype(np.float32), (0, 0), soft)
-    return (luma + weight * (out - luma)).astype(np.float32)
+    calm = luma + weight * (out - luma)
+    if temples is not None:
+        # A grey brow end or thin white hair there, lit on a pale target, was a white spot.
+        calm += cv2.GaussianBlur(temples.astype(np.float32), (0, 0), soft) * (1 - weight) * (bright - luma)
+    return calm.astype(np.float32)
+
+
+def temple_zones(shape: tuple[int, int], xy: np.ndarray) -> np.ndarray:
+    """(h, w) uint8: 1 in the temples beside the brows' outer ends (``TEMPLES``)."""
+    zones = np.zeros(shape, np.uint8)
+    for side in TEMPLES:
+        cv2.fillConvexPoly(zones, cv2.convexHull(np.round(xy[side]).astype(np.int32)), 1)
+    return zones
 
 
 #: face_only fills past the outline from this far inside it (share of the face width).
