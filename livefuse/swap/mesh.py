@@ -156,9 +156,7 @@ class MeshSwapper:
         kept = self._mouth_kept(points)
         moved = shape.moved(points, self.config.shape_transfer)
         pts = moved[:, :2]
-        h, w = image.shape[:2]
-        x0, y0 = np.maximum(np.floor(np.minimum(pts.min(0), points[:, :2].min(0))) - 1, 0).astype(int)
-        x1, y1 = np.minimum(np.ceil(np.maximum(pts.max(0), points[:, :2].max(0))) + 2, [w, h]).astype(int)
+        y0, y1, x0, x1 = _window([pts, points[:, :2]], 1, image.shape[:2])
         if x1 - x0 < 8 or y1 - y0 < 8:
             return None
         source, tri_src = texture.level(face_w)
