@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar, get_args
@@ -117,8 +118,8 @@ class Engine:
         s = self.settings.analysis
         detector = self.detector()
         miss_from = 0.0
-        if live and isinstance(detector, CenterFaceDetector) and s.detect_size >= 2 * LIVE_COARSE_SIZE:
-            coarse = CenterFaceDetector(detector.runner, DetectorConfig(LIVE_COARSE_SIZE, s.detect_threshold))
+        if live and isinstance(detector, CenterFaceDetector) and detector.config.size >= 2 * LIVE_COARSE_SIZE:
+            coarse = CenterFaceDetector(detector.runner, replace(detector.config, size=LIVE_COARSE_SIZE))
             tiers = TieredDetector(detector, coarse, LIVE_FINE_EVERY)
             detector, miss_from = tiers, tiers.reliable_share()
         config = TrackerConfig(
