@@ -26,7 +26,7 @@ from livefuse.config import (
 )
 from livefuse.errors import ConfigError, LivefuseError
 from livefuse.provenance import DEFAULT_LABEL
-from livefuse.signals import exit_code, interrupts_raise
+from livefuse.signals import exit_code, interrupt_behind, interrupts_raise
 
 log = logging.getLogger("livefuse")
 
@@ -378,9 +378,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LivefuseError as exc:
         log.error("%s", exc)
         return 1
-    except KeyboardInterrupt as exc:
-        log.warning("interrupted (%s)", getattr(exc, "name", "SIGINT"))
-        return exit_code(exc)
+    except (KeyboardInterrupt, ImportError) as exc:
+        stop = interrupt_behind(exc)
+        if stop is None:  # a real ImportError
+            raise
+        log.warning("interrupted (%s)", getattr(stop, "name", "SIGINT"))
+        return exit_code(stop)
     except BrokenPipeError:
         # The reader went away (``livefuse models list | head``): end quietly. stdout points at
         # /dev/null from here on, so Python's final flush cannot fail with a traceback either.

@@ -33,7 +33,7 @@ from livefuse.progress import ProgressLine
 from livefuse.provenance import DEFAULT_LABEL
 from livefuse.provenance.options import file_sealer, label_sink
 from livefuse.samples import SampleStore, make_demo_clip
-from livefuse.signals import Interrupted
+from livefuse.signals import Interrupted, interrupt_behind
 
 log = logging.getLogger("livefuse")
 
@@ -149,14 +149,17 @@ def process_file(
             progress.pipeline = pipeline
             stats = _run_discarding_on_interrupt(pipeline, sink)
             progress.finish()
-    except KeyboardInterrupt as exc:
+    except (KeyboardInterrupt, ImportError) as exc:
+        stop = interrupt_behind(exc)
+        if stop is None:  # a real ImportError
+            raise
         # Wherever it came (loading the models, preparing the face, mid-file), say what is
         # left at the output path: a stopped run either kept a complete file or wrote nothing.
         if sink.finished:
-            log.warning("%s: %s was already complete and is kept", _signal_name(exc), output)
+            log.warning("%s: %s was already complete and is kept", _signal_name(stop), output)
         else:
-            log.error("%s: stopped; nothing was written to %s", _signal_name(exc), output)
-        raise
+            log.error("%s: stopped; nothing was written to %s", _signal_name(stop), output)
+        raise stop from None
     skipped = getattr(source, "skipped", 0)
     if skipped:
         stats.extra["damaged_frames_skipped"] = float(skipped)

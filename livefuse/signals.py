@@ -39,6 +39,18 @@ def exit_code(exc: KeyboardInterrupt) -> int:
     return 128 + getattr(exc, "signum", signal.SIGINT)
 
 
+def interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The stop signal ``exc`` stands for, if any. A signal that lands while a C extension
+    initialises (``import onnxruntime`` on a cold start) comes out of the import as an
+    ``ImportError`` whose cause is the :class:`Interrupted` the handler raised."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a cause chain is short; this bounds a cyclic one
+        if seen is None or isinstance(seen, KeyboardInterrupt):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
 def _raise(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 

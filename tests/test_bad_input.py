@@ -354,3 +354,37 @@ def test_a_model_path_that_is_a_directory_gets_one_line(livefuse_home, tmp_path,
     assert "livefuse models pull centerface" in caplog.text
     no_traceback(capsys, caplog)
     assert not (tmp_path / "out.png").exists()
+
+
+def test_a_signal_during_a_native_import_is_still_a_clean_stop(
+    home, photo, long_clip, tmp_path, monkeypatch, caplog
+) -> None:
+    """A signal that lands while a C extension initialises (ONNX Runtime on a cold start)
+    comes out of the import as an ImportError caused by the interrupt: still exit 143, the
+    one line, no traceback, nothing at the output path."""
+    from livefuse.app import Engine
+    from livefuse.signals import Interrupted
+
+    def importing(self, *args, **kwargs):
+        try:
+            raise Interrupted(signal.SIGTERM)
+        except Interrupted as exc:
+            raise ImportError("initialization failed") from exc
+
+    monkeypatch.setattr(Engine, "swapper", importing)
+    out = tmp_path / "out.mp4"
+    code = main(["run", "--source", photo, "--input", str(long_clip), "--output", str(out)])
+    assert code == 143, caplog.text
+    assert "SIGTERM: stopped; nothing was written to" in caplog.text and "Traceback" not in caplog.text
+    assert not out.exists() and leftovers(tmp_path, set()) == []
+
+
+def test_a_real_import_error_is_not_taken_for_a_stop(monkeypatch) -> None:
+    from livefuse import commands
+
+    def broken(args, settings):
+        raise ImportError("No module named 'aiortc'")
+
+    monkeypatch.setattr(commands, "doctor", broken)
+    with pytest.raises(ImportError, match="aiortc"):
+        main(["doctor"])
