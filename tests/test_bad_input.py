@@ -257,21 +257,45 @@ def test_signal_during_run_leaves_nothing(home, photo, long_clip, tmp_path, sign
     assert leftovers(out_dir, set()) == []
 
 
-def test_a_signal_before_the_first_frame_says_so_too(home, photo, long_clip, tmp_path, monkeypatch, caplog):
-    """Stopped while the face photo is still being prepared (models loaded, no frame yet):
-    the same one line as mid-file, and nothing at the output path."""
-    from livefuse.app import Engine
+def _stopped(self, *args, **kwargs):
+    """A SIGTERM while the face photo is still being prepared (models loaded, no frame yet)."""
     from livefuse.signals import Interrupted
 
-    def stopped(self, *args, **kwargs):
-        raise Interrupted(signal.SIGTERM)
+    raise Interrupted(signal.SIGTERM)
 
-    monkeypatch.setattr(Engine, "swapper", stopped)
+
+def _stopped_in_native_import(self, *args, **kwargs):
+    """The same signal landing while a C extension initialises (ONNX Runtime on a cold start):
+    it comes out of the import as an ImportError caused by the interrupt."""
+    try:
+        _stopped(self)
+    except KeyboardInterrupt as exc:
+        raise ImportError("initialization failed") from exc
+
+
+@pytest.mark.parametrize("stop", [_stopped, _stopped_in_native_import], ids=["preparing", "native-import"])
+def test_a_signal_before_the_first_frame_says_so_too(home, photo, long_clip, tmp_path, monkeypatch, caplog, stop):
+    """Stopped before the first frame: the same one line as mid-file, exit 143, no
+    traceback, and nothing at the output path."""
+    from livefuse.app import Engine
+
+    monkeypatch.setattr(Engine, "swapper", stop)
     out = tmp_path / "out.mp4"
     code = main(["run", "--source", photo, "--input", str(long_clip), "--output", str(out)])
     assert code == 143, caplog.text
     assert "SIGTERM: stopped; nothing was written to" in caplog.text and "Traceback" not in caplog.text
     assert not out.exists() and leftovers(tmp_path, set()) == []
+
+
+def test_a_real_import_error_is_not_taken_for_a_stop(monkeypatch) -> None:
+    from livefuse import commands
+
+    def broken(args, settings):
+        raise ImportError("No module named 'aiortc'")
+
+    monkeypatch.setattr(commands, "doctor", broken)
+    with pytest.raises(ImportError, match="aiortc"):
+        main(["doctor"])
 
 
 # -- empty and huge images ---------------------------------------------------------------------
@@ -354,37 +378,3 @@ def test_a_model_path_that_is_a_directory_gets_one_line(livefuse_home, tmp_path,
     assert "livefuse models pull centerface" in caplog.text
     no_traceback(capsys, caplog)
     assert not (tmp_path / "out.png").exists()
-
-
-def test_a_signal_during_a_native_import_is_still_a_clean_stop(
-    home, photo, long_clip, tmp_path, monkeypatch, caplog
-) -> None:
-    """A signal that lands while a C extension initialises (ONNX Runtime on a cold start)
-    comes out of the import as an ImportError caused by the interrupt: still exit 143, the
-    one line, no traceback, nothing at the output path."""
-    from livefuse.app import Engine
-    from livefuse.signals import Interrupted
-
-    def importing(self, *args, **kwargs):
-        try:
-            raise Interrupted(signal.SIGTERM)
-        except Interrupted as exc:
-            raise ImportError("initialization failed") from exc
-
-    monkeypatch.setattr(Engine, "swapper", importing)
-    out = tmp_path / "out.mp4"
-    code = main(["run", "--source", photo, "--input", str(long_clip), "--output", str(out)])
-    assert code == 143, caplog.text
-    assert "SIGTERM: stopped; nothing was written to" in caplog.text and "Traceback" not in caplog.text
-    assert not out.exists() and leftovers(tmp_path, set()) == []
-
-
-def test_a_real_import_error_is_not_taken_for_a_stop(monkeypatch) -> None:
-    from livefuse import commands
-
-    def broken(args, settings):
-        raise ImportError("No module named 'aiortc'")
-
-    monkeypatch.setattr(commands, "doctor", broken)
-    with pytest.raises(ImportError, match="aiortc"):
-        main(["doctor"])
