@@ -1,6 +1,8 @@
 """The mesh swap's exactly stateable properties: texture only from the source's face, the
 target's turned-away triangles left alone, mirrored texture for the source's turned-away
-triangles, covered forehead skin found, and a warning for small source faces."""
+triangles, covered forehead skin found, no sample of the source's open mouth, no sample
+interpolated across a fold of the surface, a colour cast on the source evened, and a warning
+for small source faces."""
 
 from __future__ import annotations
 
@@ -11,11 +13,11 @@ import numpy as np
 import pytest
 
 from livefuse.face.canonical import TRIANGLES
-from livefuse.face.surface import INNER_TRIANGLES, MIRROR, facing
-from livefuse.face.topology import FACE_OVAL
-from livefuse.swap.mesh import MIN_FACING, MeshSwapConfig, MeshSwapper
+from livefuse.face.surface import INNER_TRIANGLES, LIPS_OUTER, MIRROR, facing
+from livefuse.face.topology import FACE_OVAL, MOUTH_INNER
+from livefuse.swap.mesh import MIN_FACING, MeshSwapConfig, MeshSwapper, _upscaled
 from livefuse.swap.source import SourceFace, analyse_source
-from livefuse.swap.texture import FOREHEAD, MAX_MIRROR_COVERED, SourceTexture, inset_outline, triangle_share
+from livefuse.swap.texture import CHEEKS, FOREHEAD, MAX_MIRROR_COVERED, SourceTexture, inset_outline, triangle_share
 from tests.helpers import frame_of
 
 PLAIN = MeshSwapConfig(colour=False)
@@ -53,6 +55,20 @@ def test_no_texture_from_outside_the_source_face(obama, targets):
         b, g, r = (out.astype(int)[..., c] for c in range(3))
         greenish = (g - np.maximum(r, b) > 40) & (out != target).any(2)
         assert greenish.sum() == 0, f"{greenish.sum()} pixels took the source's background"
+
+
+def test_no_texture_from_the_source_mouth_opening(obama, targets):
+    # Obama's open smile with its teeth made pure green: the lips are sampled right up to
+    # their inner edge, and where a target's lips meet, teeth there were a white sliver.
+    image = obama.image.copy()
+    image[polygon_mask(image.shape, obama.points[MOUTH_INNER, :2])] = (0, 255, 0)
+    source = SourceFace(image, obama.points, 1)
+    for target, faces in targets.values():
+        out = target.copy()
+        MeshSwapper(source, PLAIN).swap(out, faces)
+        b, g, r = (out.astype(int)[..., c] for c in range(3))
+        greenish = (g - np.maximum(r, b) > 40) & (out != target).any(2)
+        assert greenish.sum() == 0, f"{greenish.sum()} pixels took the source's teeth"
 
 
 def test_target_triangles_turned_away_are_not_painted(obama, targets):
@@ -114,6 +130,31 @@ def test_hair_on_the_source_forehead_is_not_pasted(obama, targets):
     assert pasted < 0.01 * strands.sum(), f"{pasted} px of the fringe's dark strands were pasted"
 
 
+def test_a_colour_cast_on_the_source_is_evened(obama):
+    # Blue light on the image-left half of the face (a window, a blue curtain): before, the
+    # cast went onto every target as grey-blue patches. The texture's skin there takes the
+    # face's skin colour; the lips keep theirs.
+    image = obama.image.astype(np.float32)
+    x = np.arange(image.shape[1], dtype=np.float32)
+    mid = float(np.median(obama.points[:, 0]))
+    blue = np.clip((mid - x) / (0.25 * np.ptp(obama.points[:, 0])), 0, 1)[None, :]
+    image[..., 0] += 40 * blue
+    image[..., 2] -= 25 * blue
+    cast = SourceFace(np.clip(image, 0, 255).astype(np.uint8), obama.points, 1)
+    texture = SourceTexture.of(cast).levels[-1][0]
+    cr_cb = lambda img: cv2.cvtColor(img, cv2.COLOR_BGR2YCrCb).astype(np.float32)[..., 1:]  # noqa: E731
+    cheek = lambda i: polygon_mask(image.shape, cv2.convexHull(obama.points[CHEEKS[i], :2]).reshape(-1, 2))  # noqa: E731
+    left, right = cheek(slice(0, 4)), cheek(slice(4, 8))
+    before = np.linalg.norm(cr_cb(cast.image)[left].mean(0) - cr_cb(cast.image)[right].mean(0))
+    after = np.linalg.norm(cr_cb(texture)[left].mean(0) - cr_cb(texture)[right].mean(0))
+    assert before > 15
+    assert after < 0.1 * before, (before, after)
+    lips = polygon_mask(image.shape, obama.points[LIPS_OUTER, :2]) & ~polygon_mask(
+        image.shape, obama.points[MOUTH_INNER, :2]
+    )
+    assert abs(cr_cb(texture)[lips][:, 0].mean() - cr_cb(cast.image)[lips][:, 0].mean()) < 3
+
+
 def test_small_source_face_warns(engine, livefuse_home, caplog):
     photo = cv2.imread(str(livefuse_home / "samples" / "obama.jpg"))
     with caplog.at_level(logging.WARNING, logger="livefuse.swap.source"):
@@ -121,3 +162,22 @@ def test_small_source_face_warns(engine, livefuse_home, caplog):
         assert "look soft" not in caplog.text
         analyse_source(cv2.resize(photo, None, fx=0.3, fy=0.3), engine.detector(), engine.landmarker())
     assert "look soft" in caplog.text
+
+
+def test_the_sampling_map_is_not_interpolated_across_a_fold():
+    # A low-res map whose left half samples the source near x = 10 and right half near
+    # x = 200 (a turned nose over the cheek behind it): scaled up, no sample may land in
+    # between, where the source holds neither surface (a dark line at the nose's edge).
+    h, w, f = 12, 16, 2
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    maps = np.dstack([np.where(xs < w // 2, 10 + xs, 200 + xs), 50 + ys]).astype(np.float32)
+    full = _upscaled(maps, float(f), (h * f, w * f))
+    x = full[..., 0]
+    assert not ((x > 10 + w) & (x < 200)).any()
+    assert (x >= 200).any() and (x <= 10 + w).any()
+    # A smooth map (and a painted surface's edge, −1 beyond it) is plain bilinear.
+    smooth = np.dstack([10 + 1.5 * xs, 50 + ys]).astype(np.float32)
+    smooth[:, -3:] = -1
+    np.testing.assert_array_equal(
+        _upscaled(smooth, float(f), (h * f, w * f)), cv2.resize(smooth, (w * f, h * f), interpolation=cv2.INTER_LINEAR)
+    )

@@ -172,7 +172,7 @@ class MeshSwapper:
         f = 1 if face_w < 96 else 2 if face_w < 320 else 4
         size = target.shape[:2]
         ids = self._rasterise(local, moved[:, 2], painted, opening, size, f, scratch)
-        warped = self._warp(source, tri_src, ids, local[TRIANGLES], size, f, scratch, texture.mirrored)
+        warped = self._warp(source, tri_src, ids, local[TRIANGLES], size, f, scratch)
         alpha = visible_alpha(ids, size, self.config.feather * face_w, f, scratch)
         cuts = [local[MOUTH_INNER]] if kept else []
         cut(alpha, cuts)
@@ -241,15 +241,15 @@ class MeshSwapper:
         shape: tuple[int, int],
         f: int,
         scratch: Scratch,
-        mirrored: np.ndarray,
     ) -> np.ndarray:
-        """The source texture warped triangle by triangle onto the target's painted triangles
-        (``mirrored``: (T,) bool, triangles textured from their mirror image)."""
-        # The map is piecewise affine and continuous, so it is computed at 1/2 or 1/4
-        # resolution and scaled up bilinearly with no visible difference.
+        """The source texture warped triangle by triangle onto the target's painted triangles."""
+        # The map is piecewise affine and, but for the seams _upscaled finds, continuous: it
+        # is computed at 1/2 or 1/4 resolution and scaled up with no visible difference.
         maps = _low_res_map(ids, tri_local, tri_src, shape, scratch)
         if f > 1:
-            maps = _upscaled(maps, ids, mirrored, shape)
+            # The map's usual step per low-res pixel: f × the texture's scale over the face's.
+            scale = float(np.ptp(tri_src[..., 0])) / max(float(np.ptp(tri_local[..., 0])), 1.0)
+            maps = _upscaled(maps, f * scale, shape)
         return cv2.remap(texture, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
@@ -340,24 +340,46 @@ def _window(points: list[np.ndarray], pad: int, shape: tuple[int, int]) -> tuple
     return int(y0), int(y1), int(x0), int(x1)
 
 
-def _upscaled(maps: np.ndarray, ids: np.ndarray, mirrored: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """The low-res sampling map scaled up to ``shape``: bilinear, except along the seams
-    between mirrored and own triangles. The map jumps across the face there, and
-    interpolating across the jump would sample whatever lies between (pale arcs of hair
-    and background on the far cheek); nearest-neighbour keeps each sample in its triangle."""
+def _upscaled(maps: np.ndarray, step: float, shape: tuple[int, int]) -> np.ndarray:
+    """The low-res sampling map scaled up to ``shape``: bilinear, except where the map jumps
+    between neighbouring low-res pixels by over ``JUMP`` × ``step`` (its usual change per
+    low-res pixel): at the seams between mirrored and own triangles, and where a turned
+    head's nose or cheek hides the surface behind it. Interpolating across such a jump
+    samples whatever lies between in the source (pale arcs of hair on the far cheek, a dark
+    line along the nose's edge); nearest-neighbour keeps each sample in its own triangle."""
     full = cv2.resize(maps, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-    if not mirrored.any():
+    limit = JUMP * step
+    across = _jumps(maps[:, 1:], maps[:, :-1], limit)
+    down = _jumps(maps[1:], maps[:-1], limit)
+    if not (across.any() or down.any()):
         return full
-    flip = (mirrored[ids] & (ids >= 0)).view(np.uint8)
-    if not flip.any():
-        return full
-    seam = cv2.dilate(flip, _SQUARE) != cv2.erode(flip, _SQUARE)
-    seam_full = cv2.resize(seam.view(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST).view(bool)
+    seam = np.zeros(maps.shape[:2], bool)
+    seam[:, 1:] |= across
+    seam[:, :-1] |= across
+    seam[1:] |= down
+    seam[:-1] |= down
+    seam_full = cv2.resize(
+        cv2.dilate(seam.view(np.uint8), _SQUARE), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST
+    )
     nearest = cv2.resize(maps, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
-    full[seam_full] = nearest[seam_full]
+    cv2.copyTo(nearest, seam_full, full)  # in place; ~10× faster than np.copyto with a mask
     return full
 
 
+def _jumps(a: np.ndarray, b: np.ndarray, limit: float) -> np.ndarray:
+    """(h, w) bool: where neighbouring map values ``a`` and ``b`` ((h, w, 2) views) are both
+    painted and differ by over ``limit`` in either coordinate. (The unpainted side of the
+    surface's edge is a jump too, but the mask is 0 there.)"""
+    h, w = a.shape[:2]
+    big = cv2.absdiff(a, b).reshape(h, 2 * w) > limit
+    big &= cv2.min(a, b).reshape(h, 2 * w) >= 0
+    # The two coordinates' flags side by side, read as one 16-bit value: either set.
+    return big.view(np.uint16) != 0
+
+
+#: A sampling map jumping by more than this many times its usual step between neighbouring
+#: low-res pixels is discontinuous there (see :func:`_upscaled`).
+JUMP = 4.0
 _SQUARE = np.ones((3, 3), np.uint8)
 
 

@@ -26,7 +26,7 @@ from livefuse.face.surface import (
     MIRROR,
     facing,
 )
-from livefuse.face.topology import FACE_OVAL
+from livefuse.face.topology import FACE_OVAL, MOUTH_INNER
 from livefuse.swap.source import SourceFace
 
 #: On the source side the outline is pulled in this much towards the face's centre: the mesh
@@ -76,7 +76,7 @@ class SourceTexture:
         points = source.points
         pts = inset_outline(points[:, :2])
         covered = covered_skin(source.image, points)
-        image = skin_filled(source.image, covered, points) if covered.any() else source.image
+        image = skin_filled(source.image, covered | mouth_opening(source.image.shape, points), points)
         image = evenly_lit(image, points)
         image = face_only(image, points)
         own = pts[TRIANGLES]
@@ -122,10 +122,13 @@ LIGHT_SCALE = 0.08
 
 
 def evenly_lit(image: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``image`` with the face's own shading taken out: its luma divided by its smoothed luma
-    over the skin (normalised convolution: eyes, brows, lips and background do not count),
-    so a side-lit photo's dark half and bright highlights are not carried onto the target,
-    whose own light the swapper then puts on."""
+    """``image`` with the photo's own light tamed: luma is measured against the skin's smoothed
+    luma (normalised convolution: eyes, brows, lips and background do not count), and the
+    skin's highlights and deep shadows there are compressed towards the face's level, so
+    a shiny nose tip or dark eye sockets are not carried onto the target, whose own light
+    the swapper puts on. The rest of the photo's shading stays: fully evened, the results
+    measured further from the source on the quality benchmark. The skin's colour cast is
+    evened (:func:`even_tint`)."""
     xy = points[:, :2]
     face_w = float(np.ptp(xy[:, 0]))
     skin = np.zeros(image.shape[:2], np.uint8)
@@ -151,7 +154,32 @@ def evenly_lit(image: np.ndarray, points: np.ndarray) -> np.ndarray:
         tone = np.median(image[skin > 0].astype(np.float32), axis=0) / max(level, 1.0)
         soft = cv2.GaussianBlur(glare, (0, 0), max(1.0, 0.01 * face_w))[..., None]
         out += soft * (calm[..., None] * tone - out)
-    return cv2.convertScaleAbs(out)
+    return cv2.convertScaleAbs(even_tint(out, skin, level, face_w))
+
+
+def even_tint(image: np.ndarray, skin: np.ndarray, level: float, face_w: float) -> np.ndarray:
+    """``image`` (BGR float32) with its skin's chroma pulled to the skin's median chroma at
+    the light's scale (``LIGHT_SCALE``). A photo lit blue from one side (a window, a blue
+    curtain), or with grey-blue eye sockets, carried that cast onto every target as grey-blue
+    patches on the far cheek and rings round the eyes. Finer colour (freckles, a red spot,
+    the lips' edge) stays. The shift is weighted by the pixel's luma over ``level`` (a
+    shadow's colour is that much weaker) and fades out at the skin's edge (the eyes, brows
+    and lips keep their own colour)."""
+    ycc = cv2.cvtColor(np.clip(image, 0, 255).astype(np.float32), cv2.COLOR_BGR2YCrCb)
+    inside = skin > 0
+    if not inside.any():
+        return image
+    w = skin.astype(np.float32)
+    sigma = LIGHT_SCALE * face_w
+    norm = cv2.GaussianBlur(w, (0, 0), sigma) + 1e-3
+    soft = max(1.0, 0.015 * face_w)
+    weight = cv2.GaussianBlur(cv2.erode(skin, np.ones((3, 3), np.uint8)).astype(np.float32), (0, 0), soft)
+    weight *= np.clip(ycc[..., 0] / max(level, 1.0), 0, 1)
+    for c in (1, 2):
+        plane = ycc[..., c]
+        cast = cv2.GaussianBlur(plane * w, (0, 0), sigma) / norm - float(np.median(plane[inside]))
+        plane -= weight * cast
+    return cv2.cvtColor(ycc, cv2.COLOR_YCrCb2BGR)
 
 
 #: On the skin, luma above the face's level × (1 + HIGHLIGHT) is a highlight of the photo's
@@ -230,6 +258,20 @@ def skin_filled(image: np.ndarray, covered: np.ndarray, points: np.ndarray) -> n
     the jaw's or the temple's edge."""
     unknown = (covered | (face_inside(image.shape, points) == 0)).view(np.uint8)
     return cv2.inpaint(image, unknown, 5, cv2.INPAINT_TELEA)
+
+
+#: The source's mouth opening is filled grown by this share of the face's width.
+MOUTH_GROW = 0.01
+
+
+def mouth_opening(shape: tuple[int, ...], points: np.ndarray) -> np.ndarray:
+    """(h, w) bool: the source's mouth opening (teeth, tongue) and a pixel or two of the
+    lips' inner edge. Filled from the lips round it: the lips' triangles are sampled right up
+    to that edge, and on a target whose lips meet, teeth there were a white sliver."""
+    mouth = np.zeros(shape[:2], np.uint8)
+    cv2.fillPoly(mouth, [np.round(points[MOUTH_INNER, :2] * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
+    grow = max(1, int(round(MOUTH_GROW * np.ptp(points[:, 0]))))
+    return cv2.dilate(mouth, _disc(grow)).astype(bool)
 
 
 def inset_outline(points: np.ndarray) -> np.ndarray:
