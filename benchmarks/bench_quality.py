@@ -21,7 +21,11 @@ source, and obama↔biden both ways. Per case:
 A contact sheet (original | result per case) goes to ``benchmarks/quality/``.
 Usage: python benchmarks/bench_quality.py [--label after] [--frames 90] [--sheet PATH]
        [--shape-transfer 0 0.8 ...]  (several strengths: measured one after the other in one run;
-       the contact sheet shows the last)
+       the contact sheet shows the last) [--ceiling]
+
+``--ceiling`` also measures the most the method can give the source, with no regard for how
+it looks: no relighting, a hard edge (0.5 % of the face's width), the full shape transfer. Its
+identity figure bounds what tuning the blend, the light or the shape can reach.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ from tests.helpers import aligned, frame_of  # noqa: E402
 
 HERE = Path(__file__).parent
 TILE = 150
+#: The most of the source the mesh swap can show: no relighting, a hard edge, the full shape.
+CEILING = MeshSwapConfig(colour=False, feather=0.005, shape_transfer=1.0)
 
 
 @dataclass
@@ -227,6 +233,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=90, help="demo clip frames for the jitter figure")
     ap.add_argument("--sheet", type=Path, default=HERE / "quality" / "contact_sheet.png")
     ap.add_argument("--shape-transfer", type=float, nargs="+", default=[SHAPE_TRANSFER], metavar="S")
+    ap.add_argument("--ceiling", action="store_true", help="also measure the source-heaviest setting (see above)")
     args = ap.parse_args()
     samples = default_home() / "samples"
     embed = Embedder()
@@ -237,6 +244,10 @@ def main() -> None:
             j_res, j_org = jitter(engine, samples, mesh, args.frames)
             report(results, (j_res, j_org), f"{args.label}_s{strength:g}")
             sheet(tiles, HERE / "out" / f"sheet_{args.label}_s{strength:g}.png")
+        if args.ceiling:
+            most, most_tiles = cases(engine, samples, CEILING, embed)
+            report(most, jitter(engine, samples, CEILING, args.frames), f"{args.label}_ceiling")
+            sheet(most_tiles, HERE / "out" / f"sheet_{args.label}_ceiling.png")
     sheet(tiles, args.sheet)
     print(f"contact sheet: {args.sheet} ({args.sheet.stat().st_size / 1e6:.2f} MB)")
 
