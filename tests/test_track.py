@@ -191,9 +191,13 @@ def test_live_frames_never_wait_for_the_detector(engine, livefuse_home) -> None:
     starts: list[float] = []
     times, counts = run_paced(live, frames, starts=starts)
     assert max(times) < SLOW_DETECT_S, max(times)  # no frame waited for a detection
-    # The face appears on the first frame analysed after the first detection came back, then stays.
+    # The face appears on the first frame analysed after the first detection came back, then
+    # stays; or up to two frames later: the time is taken as the detector returns, before its
+    # thread (in the machine's idle time) hands the faces over, which on a loaded machine can
+    # wait a frame or two. Far sooner than the next detection, DETECT_EVERY frames on.
     first = counts.index(1)
-    assert first == next(i for i, t in enumerate(starts) if t > detector.done_at[0]), (counts, starts)
+    back = next(i for i, t in enumerate(starts) if t > detector.done_at[0])
+    assert back <= first <= back + 2, (counts, starts)
     assert counts[first:].count(1) >= 0.95 * len(counts[first:]), counts
     assert live.detector_calls >= 3  # it kept re-detecting at its own pace
     live.close()  # its detector thread ends
