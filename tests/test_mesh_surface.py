@@ -17,7 +17,15 @@ from livefuse.face.surface import INNER_TRIANGLES, LIPS_OUTER, MIRROR, facing
 from livefuse.face.topology import FACE_OVAL, MOUTH_INNER
 from livefuse.swap.mesh import MIN_FACING, MeshSwapConfig, MeshSwapper, _upscaled
 from livefuse.swap.source import SourceFace, analyse_source
-from livefuse.swap.texture import CHEEKS, FOREHEAD, MAX_MIRROR_COVERED, SourceTexture, inset_outline, triangle_share
+from livefuse.swap.texture import (
+    CHEEKS,
+    FOREHEAD,
+    MAX_MIRROR_COVERED,
+    SourceTexture,
+    inset_outline,
+    smoothed,
+    triangle_share,
+)
 from tests.helpers import frame_of
 
 PLAIN = MeshSwapConfig(colour=False)
@@ -155,6 +163,23 @@ def test_a_colour_cast_on_the_source_is_evened(obama):
         image.shape, obama.points[MOUTH_INNER, :2]
     )
     assert abs(cr_cb(texture)[lips][:, 0].mean() - cr_cb(cast.image)[lips][:, 0].mean()) < 3
+
+
+def test_the_light_is_smoothed_as_at_full_size():
+    # The source's light and colour cast are averaged at a reduced size (seconds saved on a
+    # large photo): inside the face they match the full-size normalised convolution.
+    rng = np.random.default_rng(1)
+    noise = cv2.GaussianBlur(rng.uniform(0, 255, (480, 400)).astype(np.float32), (0, 0), 12) * 4 - 300
+    plane = noise + np.linspace(40, 200, 400, dtype=np.float32)[None, :]  # side light, and texture
+    skin = np.zeros(plane.shape, np.uint8)
+    cv2.ellipse(skin, (200, 240), (150, 200), 0, 0, 360, 1, -1)
+    weight = skin.astype(np.float32)
+    sigma = 24.0
+    full = cv2.GaussianBlur(plane * weight, (0, 0), sigma) / (cv2.GaussianBlur(weight, (0, 0), sigma) + 1e-3)
+    (fast,) = smoothed([plane], weight, sigma)
+    inside = cv2.erode(skin, np.ones((9, 9), np.uint8)) > 0
+    assert np.ptp(full[inside]) > 40  # there is light to follow
+    assert np.abs(fast - full)[inside].max() < 2.0
 
 
 def test_small_source_face_warns(engine, livefuse_home, caplog):

@@ -136,9 +136,7 @@ def evenly_lit(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     for part in (EYE_LEFT, EYE_RIGHT, BROW_LEFT, BROW_RIGHT, LIPS_OUTER):
         cv2.fillConvexPoly(skin, cv2.convexHull(np.round(xy[part]).astype(np.int32)), 0)
     luma = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
-    w = skin.astype(np.float32)
-    sigma = LIGHT_SCALE * face_w
-    low = cv2.GaussianBlur(luma * w, (0, 0), sigma) / (cv2.GaussianBlur(w, (0, 0), sigma) + 1e-3)
+    (low,) = smoothed([luma], skin.astype(np.float32), LIGHT_SCALE * face_w)
     level = float(np.median(luma[skin > 0])) if skin.any() else float(luma.mean())
     gain = np.clip((level + 8) / (low + 8), 0.67, 1.5)
     lit = luma * gain
@@ -169,17 +167,33 @@ def even_tint(image: np.ndarray, skin: np.ndarray, level: float, face_w: float) 
     inside = skin > 0
     if not inside.any():
         return image
-    w = skin.astype(np.float32)
-    sigma = LIGHT_SCALE * face_w
-    norm = cv2.GaussianBlur(w, (0, 0), sigma) + 1e-3
     soft = max(1.0, 0.015 * face_w)
     weight = cv2.GaussianBlur(cv2.erode(skin, np.ones((3, 3), np.uint8)).astype(np.float32), (0, 0), soft)
     weight *= np.clip(ycc[..., 0] / max(level, 1.0), 0, 1)
-    for c in (1, 2):
-        plane = ycc[..., c]
-        cast = cv2.GaussianBlur(plane * w, (0, 0), sigma) / norm - float(np.median(plane[inside]))
-        plane -= weight * cast
+    planes = [ycc[..., 1], ycc[..., 2]]
+    for plane, low in zip(planes, smoothed(planes, skin.astype(np.float32), LIGHT_SCALE * face_w)):
+        plane -= weight * (low - float(np.median(plane[inside])))
     return cv2.cvtColor(ycc, cv2.COLOR_YCrCb2BGR)
+
+
+def smoothed(planes: list[np.ndarray], weight: np.ndarray, sigma: float) -> list[np.ndarray]:
+    """Each of ``planes`` (float32, full size) averaged over ``weight`` (normalised
+    convolution: where the weight is 0 does not count) with a Gaussian of ``sigma`` px.
+    Computed where ``sigma`` is 4 px, then scaled back up: the result is that smooth anyway,
+    and a blur this wide at full size cost seconds on a large source photo."""
+    k = max(1, int(sigma / 4))
+    h, w = weight.shape
+    size = (max(1, w // k), max(1, h // k))
+    small = cv2.resize(weight, size, interpolation=cv2.INTER_AREA)
+    norm = cv2.GaussianBlur(small, (0, 0), sigma / k) + 1e-3
+    return [
+        cv2.resize(
+            cv2.GaussianBlur(cv2.resize(p * weight, size, interpolation=cv2.INTER_AREA), (0, 0), sigma / k) / norm,
+            (w, h),
+            interpolation=cv2.INTER_LINEAR,
+        )
+        for p in planes
+    ]
 
 
 #: On the skin, luma above the face's level × (1 + HIGHLIGHT) is a highlight of the photo's
@@ -256,8 +270,27 @@ def skin_filled(image: np.ndarray, covered: np.ndarray, points: np.ndarray) -> n
     """``image`` with the ``covered`` pixels inpainted from the face's own skin only: past the
     outline lies background or hair, which inpainting would otherwise draw into a cover at
     the jaw's or the temple's edge."""
-    unknown = (covered | (face_inside(image.shape, points) == 0)).view(np.uint8)
-    return cv2.inpaint(image, unknown, 5, cv2.INPAINT_TELEA)
+    ys, xs = np.nonzero(covered)
+    if not len(ys):
+        return image
+    # Only round what is covered: the rest of the background is replaced by face_only anyway,
+    # and inpainting all of it cost seconds on a large source photo.
+    pad = 4 * INPAINT_RADIUS
+    h, w = covered.shape
+    box = (
+        slice(max(0, ys.min() - pad), min(h, ys.max() + pad + 1)),
+        slice(max(0, xs.min() - pad), min(w, xs.max() + pad + 1)),
+    )
+    unknown = (covered | (face_inside(image.shape, points) == 0))[box].view(np.uint8)
+    out = image.copy()
+    out[box] = cv2.inpaint(
+        np.ascontiguousarray(image[box]), np.ascontiguousarray(unknown), INPAINT_RADIUS, cv2.INPAINT_TELEA
+    )
+    return out
+
+
+#: How far round a pixel inpainting looks.
+INPAINT_RADIUS = 5
 
 
 #: The source's mouth opening is filled grown by this share of the face's width.
