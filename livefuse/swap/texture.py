@@ -136,12 +136,14 @@ def evenly_lit(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     for part in (EYE_LEFT, EYE_RIGHT, BROW_LEFT, BROW_RIGHT, LIPS_OUTER):
         cv2.fillConvexPoly(skin, cv2.convexHull(np.round(xy[part]).astype(np.int32)), 0)
     luma = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
-    (low,) = smoothed([luma], skin.astype(np.float32), LIGHT_SCALE * face_w)
+    area = skin.astype(np.float32)
+    (low,) = smoothed([luma], area, LIGHT_SCALE * face_w)
     level = float(np.median(luma[skin > 0])) if skin.any() else float(luma.mean())
     gain = np.clip((level + 8) / (low + 8), 0.67, 1.5)
     lit = luma * gain
     temples = temple_zones(image.shape[:2], xy)
-    calm = tamed(lit, level, skin, face_w, temples)
+    seam = soft_skin(skin, face_w)
+    calm = tamed(lit, level, seam, face_w, temples)
     out = image.astype(np.float32) * (calm / np.maximum(lit, 1.0))[..., None]
     # A highlight is the light's colour, not the skin's: toned down in luma only it turns
     # into a grey patch (a pale smear beside the nose). It takes the skin's colour at its
@@ -152,26 +154,37 @@ def evenly_lit(image: np.ndarray, points: np.ndarray) -> np.ndarray:
         tone = np.median(image[skin > 0].astype(np.float32), axis=0) / max(level, 1.0)
         soft = cv2.GaussianBlur(glare, (0, 0), max(1.0, 0.01 * face_w))[..., None]
         out += soft * (calm[..., None] * tone - out)
-    return cv2.convertScaleAbs(even_tint(out, skin, level, face_w))
+    return cv2.convertScaleAbs(even_tint(out, area, seam, level, face_w))
 
 
-def even_tint(image: np.ndarray, skin: np.ndarray, level: float, face_w: float) -> np.ndarray:
+#: The soft seam round the skin where the source's light and colour are corrected (Gaussian
+#: sigma, share of the face's width).
+SEAM = 0.015
+
+
+def soft_skin(skin: np.ndarray, face_w: float) -> np.ndarray:
+    """(h, w) float32: 1 well inside ``skin`` (uint8, 1 on the skin), 0 off it (the eyes,
+    brows, lips and past the outline), with a soft seam (``SEAM``): where the source's light
+    and colour are corrected."""
+    soft = max(1.0, SEAM * face_w)
+    return cv2.GaussianBlur(cv2.erode(skin, np.ones((3, 3), np.uint8)).astype(np.float32), (0, 0), soft)
+
+
+def even_tint(image: np.ndarray, area: np.ndarray, seam: np.ndarray, level: float, face_w: float) -> np.ndarray:
     """``image`` (BGR float32) with its skin's chroma pulled to the skin's median chroma at
     the light's scale (``LIGHT_SCALE``). A photo lit blue from one side (a window, a blue
     curtain), or with grey-blue eye sockets, carried that cast onto every target as grey-blue
     patches on the far cheek and rings round the eyes. Finer colour (freckles, a red spot,
-    the lips' edge) stays. The shift is weighted by the pixel's luma over ``level`` (a
-    shadow's colour is that much weaker) and fades out at the skin's edge (the eyes, brows
-    and lips keep their own colour)."""
-    ycc = cv2.cvtColor(np.clip(image, 0, 255).astype(np.float32), cv2.COLOR_BGR2YCrCb)
-    inside = skin > 0
+    the lips' edge) stays. The cast is measured over ``area`` (float32, 1 on the skin); the
+    shift is weighted by the pixel's luma over ``level`` (a shadow's colour is that much
+    weaker) and by ``seam`` (:func:`soft_skin`: the eyes, brows and lips keep their colour)."""
+    inside = area > 0
     if not inside.any():
         return image
-    soft = max(1.0, 0.015 * face_w)
-    weight = cv2.GaussianBlur(cv2.erode(skin, np.ones((3, 3), np.uint8)).astype(np.float32), (0, 0), soft)
-    weight *= np.clip(ycc[..., 0] / max(level, 1.0), 0, 1)
+    ycc = cv2.cvtColor(np.clip(image, 0, 255).astype(np.float32), cv2.COLOR_BGR2YCrCb)
+    weight = seam * np.clip(ycc[..., 0] / max(level, 1.0), 0, 1)
     planes = [ycc[..., 1], ycc[..., 2]]
-    for plane, low in zip(planes, smoothed(planes, skin.astype(np.float32), LIGHT_SCALE * face_w)):
+    for plane, low in zip(planes, smoothed(planes, area, LIGHT_SCALE * face_w)):
         plane -= weight * (low - float(np.median(plane[inside])))
     return cv2.cvtColor(ycc, cv2.COLOR_YCrCb2BGR)
 
@@ -207,16 +220,16 @@ SHADOW, SHADOW_KEEP = 0.22, 0.5
 
 
 def tamed(
-    luma: np.ndarray, level: float, skin: np.ndarray, face_w: float, temples: np.ndarray | None = None
+    luma: np.ndarray, level: float, weight: np.ndarray, face_w: float, temples: np.ndarray | None = None
 ) -> np.ndarray:
     """``luma`` (float32) with the skin's highlights and deep shadows compressed towards
-    ``level``; eyes, brows and lips (0 in ``skin``) are left as they are, with a soft seam.
-    In ``temples`` (uint8, 1 inside; brows included) the highlights are compressed too."""
+    ``level`` where ``weight`` (:func:`soft_skin`) says; eyes, brows and lips are left as
+    they are, with a soft seam. In ``temples`` (uint8, 1 inside; brows included) the
+    highlights are compressed too."""
     hi, lo = level * (1 + HIGHLIGHT), level * (1 - SHADOW)
     bright = np.where(luma > hi, hi + HIGHLIGHT_KEEP * (luma - hi), luma)
     out = np.where(bright < lo, lo - SHADOW_KEEP * (lo - bright), bright)
-    soft = max(1.0, 0.015 * face_w)
-    weight = cv2.GaussianBlur(cv2.erode(skin, np.ones((3, 3), np.uint8)).astype(np.float32), (0, 0), soft)
+    soft = max(1.0, SEAM * face_w)
     calm = luma + weight * (out - luma)
     if temples is not None:
         # A grey brow end or thin white hair there, lit on a pale target, was a white spot.
